@@ -1,0 +1,1 @@
+"""Thin adapters that plug the Advisor into training frameworks (imported lazily)."""

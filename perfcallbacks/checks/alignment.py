@@ -1,0 +1,1 @@
+"""alignment checks (being written)."""

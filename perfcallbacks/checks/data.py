@@ -1,0 +1,1 @@
+"""data checks (being written)."""

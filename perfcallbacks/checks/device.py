@@ -1,0 +1,84 @@
+"""Device checks: accelerators left idle, pointless distribution, oversubscribed cores."""
+
+from __future__ import annotations
+
+from perfcallbacks.checks.registry import check, fix_text
+from perfcallbacks.context import RunContext
+from perfcallbacks.hints import REGISTRY, Hint
+
+# Loader workers only compete for cores while they work: count them as busy
+# when the measured data wait shows the loader is the bottleneck-ish.
+BUSY_WORKERS_WAIT_SHARE = 0.10
+# Measured here: 2 processes x 2 threads on 2 cores serve 23-26% less than 2 x 1.
+OVERSUBSCRIBED_IMPACT = 1.25
+
+
+@check("gpu-unused", phases=("setup",))
+def gpu_unused(ctx: RunContext) -> Hint | None:
+    local = ctx.local
+    if not local.is_accelerator or local.count < 1 or ctx.model_device != "cpu":
+        return None
+    fix = fix_text(ctx, lightning='Trainer(accelerator="auto", devices="auto")',
+                   hf="TrainingArguments(...) without use_cpu=True (the Trainer then uses the GPU)",
+                   torch=f'model.to("{local.kind}"); batch = batch.to("{local.kind}")')
+    return REGISTRY["gpu-unused"].make(
+        ctx.phase,
+        f"{local.count} {local.kind.upper()} device(s) ({local.name}) are available but the model runs on the CPU.",
+        fix, evidence={"accelerators": local.count, "accelerator_name": local.name, "model_device": ctx.model_device},
+        impact=None)
+
+
+@check("gpus-idle", phases=("setup",))
+def gpus_idle(ctx: RunContext) -> Hint | None:
+    local = ctx.local
+    if not local.is_accelerator or ctx.model_device == "cpu" or ctx.devices_used >= local.count:
+        return None
+    fix = fix_text(ctx, lightning=f'Trainer(devices={local.count}, strategy="ddp")',
+                   hf=f"torchrun --nproc_per_node {local.count} train.py (or accelerate launch --num_processes {local.count})",
+                   torch=f"torchrun --nproc_per_node {local.count} train.py with DistributedDataParallel")
+    return REGISTRY["gpus-idle"].make(
+        ctx.phase, f"The run uses {ctx.devices_used} of {local.count} visible {local.kind.upper()} devices.",
+        fix, evidence={"devices_used": ctx.devices_used, "devices_visible": local.count},
+        impact=round(local.count / max(1, ctx.devices_used) * 0.9, 2))
+
+
+@check("distributed-single-process", phases=("setup",))
+def distributed_single_process(ctx: RunContext) -> Hint | None:
+    if not ctx.distributed or ctx.world_size != 1:
+        return None
+    fix = fix_text(ctx, lightning='Trainer(strategy="auto", devices=1)',
+                   hf="run `python train.py` directly (no torchrun/accelerate launch for one process)",
+                   torch="skip DistributedDataParallel / init_process_group when WORLD_SIZE is 1")
+    return REGISTRY["distributed-single-process"].make(
+        ctx.phase, f"Distributed strategy {ctx.strategy or 'DDP'!s} runs with world size 1: it only adds overhead.",
+        fix, evidence={"strategy": ctx.strategy, "world_size": ctx.world_size})
+
+
+@check("cpu-oversubscribed", phases=("setup", "warmup"))
+def cpu_oversubscribed(ctx: RunContext) -> Hint | None:
+    pic = ctx.threads
+    if pic is None:
+        return None
+    wait, step = ctx.median_data_wait_s, ctx.median_step_s
+    workers_busy = bool(wait and step and wait / (wait + step) > BUSY_WORKERS_WAIT_SHARE)
+    busy = pic.local_processes * (pic.intra_op + (pic.loader_workers if workers_busy else 0))
+    if busy <= pic.physical_cores:
+        return None
+    best = max(1, pic.physical_cores // pic.local_processes)
+    fix = (f"torch.set_num_threads({best}) in each of the {pic.local_processes} process(es) "
+           f"(or OMP_NUM_THREADS={best} before launch)")
+    if ctx.framework == "lightning":
+        fix += "; PerfHintCallback(auto_apply=True) sets it for you"
+    elif ctx.framework == "hf":
+        fix += "; HFPerfHints(auto_apply=True) sets it for you"
+    return REGISTRY["cpu-oversubscribed"].make(
+        ctx.phase,
+        f"{pic.local_processes} process(es) x {pic.intra_op} intra-op threads"
+        + (f" + {pic.loader_workers} busy loader workers" if workers_busy else "")
+        + f" = {busy} busy threads on {pic.physical_cores} physical cores.",
+        fix,
+        evidence={"processes": pic.local_processes, "intra_op_threads": pic.intra_op,
+                  "loader_workers": pic.loader_workers, "workers_busy": workers_busy,
+                  "busy_threads": busy, "physical_cores": pic.physical_cores,
+                  "omp_num_threads": pic.omp_num_threads},
+        impact=OVERSUBSCRIBED_IMPACT)

@@ -1,0 +1,1 @@
+"""inference checks (being written)."""

@@ -1,0 +1,1 @@
+"""padding checks (being written)."""

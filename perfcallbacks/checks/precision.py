@@ -1,0 +1,101 @@
+"""Precision checks: fp32 on Tensor Cores, fp16 on CPUs, emulated bf16."""
+
+from __future__ import annotations
+
+from perfcallbacks.checks.registry import check, fix_text
+from perfcallbacks.context import RunContext
+from perfcallbacks.device import FAST
+from perfcallbacks.hints import REGISTRY, Hint
+
+# Measured here (AVX2, MiniLM inference): bf16 autocast is 6.1x slower than fp32.
+CPU_BF16_EMULATION_SLOWDOWN = 6.1
+# fp32 -> bf16 mixed precision on Ampere/Hopper Tensor Cores: conservative
+# end-to-end estimate for matmul-heavy models (peak ratio is 8-16x).
+TENSOR_CORE_SPEEDUP = 2.0
+
+_HALF_PRECISIONS = {"16", "16-mixed", "16-true", "fp16", "half", "float16"}
+_BF16_PRECISIONS = {"bf16", "bf16-mixed", "bf16-true", "bfloat16"}
+
+
+def precision_dtypes(ctx: RunContext) -> set[str]:
+    """Low-precision dtypes the run computes in: parameters, autocast, framework setting."""
+    used = set()
+    for value in (ctx.param_dtype, ctx.autocast_dtype):
+        if value in ("fp16", "bf16"):
+            used.add(value)
+    precision = str(ctx.precision or "").lower()
+    if precision in _HALF_PRECISIONS:
+        used.add("fp16")
+    if precision in _BF16_PRECISIONS:
+        used.add("bf16")
+    return used
+
+
+def _judged_on_cpu(ctx: RunContext) -> bool:
+    return ctx.profile.kind == "cpu" if ctx.target else ctx.model_device == "cpu"
+
+
+@check("tensor-cores-idle", phases=("setup",))
+def tensor_cores_idle(ctx: RunContext) -> Hint | None:
+    profile = ctx.profile
+    if not profile.is_fast("tensor_cores") or ctx.model is None:
+        return None
+    if precision_dtypes(ctx) or ctx.param_dtype not in (None, "fp32"):
+        return None
+    tf32_on = profile.is_fast("tf32") and ctx.matmul_precision != "highest"
+    if tf32_on:
+        return None
+    if profile.kind == "cpu":
+        fix = fix_text(ctx, lightning='Trainer(precision="bf16-mixed")',
+                       hf="TrainingArguments(bf16=True)",
+                       torch='with torch.autocast("cpu", dtype=torch.bfloat16): ...')
+    else:
+        amp = "bf16-mixed" if profile.is_fast("bf16") else "16-mixed"
+        hf_flag = "bf16=True" if profile.is_fast("bf16") else "fp16=True"
+        tf32 = ", tf32=True" if profile.is_fast("tf32") else ""
+        fix = fix_text(ctx, lightning=f'Trainer(precision="{amp}")'
+                       + ('; torch.set_float32_matmul_precision("high")' if profile.is_fast("tf32") else ""),
+                       hf=f"TrainingArguments({hf_flag}{tf32})",
+                       torch=f'with torch.autocast("{profile.kind}", dtype=torch.{"bfloat16" if profile.is_fast("bf16") else "float16"}): ...')
+    return REGISTRY["tensor-cores-idle"].make(
+        ctx.phase,
+        f"{profile.name} has matrix units (Tensor Cores/AMX) but the run is plain fp32 "
+        f"(no autocast, matmul precision {ctx.matmul_precision!r}).",
+        fix, evidence={"param_dtype": ctx.param_dtype, "precision": ctx.precision,
+                       "matmul_precision": ctx.matmul_precision, "device": profile.name},
+        impact=TENSOR_CORE_SPEEDUP)
+
+
+@check("half-on-cpu", phases=("setup", "inference"))
+def half_on_cpu(ctx: RunContext) -> Hint | None:
+    if not _judged_on_cpu(ctx) or "fp16" not in precision_dtypes(ctx) or ctx.profile.is_fast("fp16"):
+        return None
+    fix = fix_text(ctx, lightning='Trainer(precision="32-true") on CPU',
+                   hf="TrainingArguments(fp16=False) on CPU",
+                   torch="model.float() and no fp16 autocast on CPU")
+    return REGISTRY["half-on-cpu"].make(
+        ctx.phase, f"fp16 is used on a CPU ({ctx.profile.name}) that has no fast fp16 arithmetic.",
+        fix + "; for inference, int8 dynamic quantization is the fast low-precision path.",
+        evidence={"param_dtype": ctx.param_dtype, "autocast_dtype": ctx.autocast_dtype,
+                  "precision": ctx.precision, "fp16_support": ctx.profile.supports("fp16")})
+
+
+@check("bf16-emulated", phases=("setup", "inference"))
+def bf16_emulated(ctx: RunContext) -> Hint | None:
+    profile = ctx.profile
+    if "bf16" not in precision_dtypes(ctx) or profile.supports("bf16") == FAST:
+        return None
+    on_cpu = profile.kind == "cpu"
+    if on_cpu:
+        fix = fix_text(ctx, lightning='Trainer(precision="32-true")', hf="TrainingArguments(bf16=False)",
+                       torch="drop the bf16 autocast / model.float()")
+    else:
+        fix = fix_text(ctx, lightning='Trainer(precision="16-mixed")',
+                       hf="TrainingArguments(bf16=False, fp16=True)",
+                       torch='torch.autocast("cuda", dtype=torch.float16)')
+    return REGISTRY["bf16-emulated"].make(
+        ctx.phase, f"bf16 is requested on {profile.name}, whose bf16 is {profile.supports('bf16')} (no native bf16 units).",
+        fix, evidence={"precision": ctx.precision, "param_dtype": ctx.param_dtype,
+                       "autocast_dtype": ctx.autocast_dtype, "bf16_support": profile.supports("bf16"),
+                       "isa": list(profile.isa)},
+        impact=CPU_BF16_EMULATION_SLOWDOWN if on_cpu else None)

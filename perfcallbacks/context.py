@@ -1,0 +1,217 @@
+"""The observed context of a run: the one input every check reads.
+
+Adapters (Lightning, HF, a plain loop) only *collect* facts into a
+:class:`RunContext`; checks are pure functions of it. Tests build contexts by
+hand (with a preset ``DeviceProfile``) to exercise checks without hardware.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from perfcallbacks.device import DeviceProfile
+
+
+@dataclass
+class ThreadPicture:
+    """Processes, threads and loader workers competing for the cores."""
+
+    intra_op: int
+    inter_op: int
+    local_processes: int = 1
+    loader_workers: int = 0
+    physical_cores: int = 1
+    logical_cores: int = 1
+    omp_num_threads: str | None = None
+    mkl_num_threads: str | None = None
+
+    @property
+    def busy_threads(self) -> int:
+        """Threads that want a core at once: every process's intra-op pool plus loader workers."""
+        return self.local_processes * (self.intra_op + self.loader_workers)
+
+    @property
+    def oversubscription(self) -> float:
+        return self.busy_threads / max(1, self.physical_cores)
+
+    @classmethod
+    def capture(cls, physical_cores: int, logical_cores: int, local_processes: int = 1,
+                loader_workers: int = 0) -> ThreadPicture:
+        return cls(
+            intra_op=torch.get_num_threads(),
+            inter_op=torch.get_num_interop_threads(),
+            local_processes=max(1, int(local_processes)),
+            loader_workers=max(0, int(loader_workers)),
+            physical_cores=max(1, int(physical_cores)),
+            logical_cores=max(1, int(logical_cores)),
+            omp_num_threads=os.environ.get("OMP_NUM_THREADS"),
+            mkl_num_threads=os.environ.get("MKL_NUM_THREADS"),
+        )
+
+
+@dataclass
+class LoaderInfo:
+    """What a DataLoader is configured to do (read once, when the loader exists)."""
+
+    batch_size: int | None = None
+    num_workers: int = 0
+    pin_memory: bool = False
+    persistent_workers: bool = False
+    has_len: bool = True
+    iterable_dataset: bool = False
+    collate_fn: str | None = None
+    sampler: str | None = None
+    drop_last: bool = False
+
+    @classmethod
+    def from_loader(cls, loader: Any) -> LoaderInfo | None:
+        if loader is None or not hasattr(loader, "dataset"):
+            return None
+        dataset = getattr(loader, "dataset", None)
+        try:
+            len(dataset)  # type: ignore[arg-type]
+            has_len = True
+        except Exception:
+            has_len = False
+        collate = getattr(loader, "collate_fn", None)
+        sampler = getattr(loader, "batch_sampler", None) or getattr(loader, "sampler", None)
+        return cls(
+            batch_size=getattr(loader, "batch_size", None),
+            num_workers=int(getattr(loader, "num_workers", 0) or 0),
+            pin_memory=bool(getattr(loader, "pin_memory", False)),
+            persistent_workers=bool(getattr(loader, "persistent_workers", False)),
+            has_len=has_len,
+            iterable_dataset=isinstance(dataset, torch.utils.data.IterableDataset),
+            collate_fn=_qualname(collate),
+            sampler=_qualname(sampler),
+            drop_last=bool(getattr(loader, "drop_last", False)),
+        )
+
+
+@dataclass
+class BatchStats:
+    """Shape facts of one observed batch (no tensors kept)."""
+
+    batch_size: int | None = None
+    seq_len: int | None = None  # padded length of token batches
+    lengths: tuple[int, ...] = ()  # real (unpadded) length of each row, when known
+    dtypes: tuple[str, ...] = ()
+    device: str | None = None
+    row_hashes: tuple[int, ...] = ()  # only for inference batches (repeated-inputs)
+
+    @property
+    def total_tokens(self) -> int | None:
+        return None if self.seq_len is None or self.batch_size is None else self.seq_len * self.batch_size
+
+    @property
+    def real_tokens(self) -> int | None:
+        return sum(self.lengths) if self.lengths else None
+
+    @property
+    def pad_fraction(self) -> float | None:
+        total, real = self.total_tokens, self.real_tokens
+        if not total or real is None:
+            return None
+        return max(0.0, 1.0 - real / total)
+
+
+@dataclass
+class InferenceInfo:
+    """How inference forwards ran (validate / test / predict)."""
+
+    calls: int = 0
+    grad_enabled_calls: int = 0
+    train_mode_calls: int = 0
+    autocast_calls: int = 0
+    stage: str | None = None
+
+
+@dataclass
+class RunContext:
+    """Every fact the checks reason on. Fields default to "unknown" so partial contexts work.
+
+    ``profile`` is the device the run is judged on: the ``target`` when one is
+    given ("what-if" planning), else the local device.
+    """
+
+    local: DeviceProfile
+    target: DeviceProfile | None = None
+    framework: str = "torch"  # "lightning" | "hf" | "torch"
+    framework_version: str | None = None
+    phase: str = "setup"
+    model: nn.Module | None = None
+    model_device: str = "cpu"
+    param_dtype: str | None = None  # "fp32" / "fp16" / "bf16" (dominant dtype of parameters)
+    autocast_dtype: str | None = None  # dtype used under autocast in training, if any
+    precision: str | None = None  # framework precision string ("32-true", "bf16-mixed", "fp16", ...)
+    matmul_precision: str = field(default_factory=torch.get_float32_matmul_precision)
+    devices_used: int = 1
+    world_size: int = 1
+    local_world_size: int = 1
+    strategy: str | None = None
+    distributed: bool = False
+    threads: ThreadPicture | None = None
+    loader: LoaderInfo | None = None
+    batches: list[BatchStats] = field(default_factory=list)
+    inference_batches: list[BatchStats] = field(default_factory=list)
+    step_times: list[float] = field(default_factory=list)  # seconds, first (warm-up) step excluded
+    data_wait_times: list[float] = field(default_factory=list)
+    inference: InferenceInfo = field(default_factory=InferenceInfo)
+    settings: dict[str, Any] = field(default_factory=dict)  # framework-specific (HF args, collator, ...)
+    measurements: dict[str, Any] = field(default_factory=dict)  # probes run on the model
+    latency_budget_ms: float | None = None
+    pad_token_id: int | None = None
+
+    @property
+    def profile(self) -> DeviceProfile:
+        return self.target or self.local
+
+    @property
+    def judged_on_accelerator(self) -> bool:
+        """True when the run is (or is planned to be) on an accelerator."""
+        return self.profile.is_accelerator if self.target else self.model_device != "cpu"
+
+    @property
+    def median_step_s(self) -> float | None:
+        return statistics.median(self.step_times) if self.step_times else None
+
+    @property
+    def median_data_wait_s(self) -> float | None:
+        return statistics.median(self.data_wait_times) if self.data_wait_times else None
+
+
+def dominant_param_dtype(model: nn.Module | None) -> str | None:
+    """The dtype holding most parameters (``"fp32"``, ``"fp16"``, ...), or ``None`` without parameters."""
+    if model is None:
+        return None
+    counts: dict[torch.dtype, int] = {}
+    for param in model.parameters():
+        counts[param.dtype] = counts.get(param.dtype, 0) + param.numel()
+    if not counts:
+        return None
+    dtype = max(counts, key=counts.__getitem__)
+    return {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}.get(
+        dtype, str(dtype).replace("torch.", ""))
+
+
+def model_device_kind(model: nn.Module | None) -> str:
+    if model is None:
+        return "cpu"
+    for tensor in [*model.parameters(), *model.buffers()]:
+        return tensor.device.type
+    return "cpu"
+
+
+def _qualname(obj: Any) -> str | None:
+    if obj is None:
+        return None
+    cls = obj if isinstance(obj, type) else type(obj)
+    if callable(obj) and hasattr(obj, "__qualname__") and not isinstance(obj, type) and type(obj).__name__ == "function":
+        return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
