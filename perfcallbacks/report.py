@@ -85,7 +85,7 @@ class Report:
             "framework": self.framework,
             "device": _jsonable(self.device),
             "target": _jsonable(self.target),
-            "hints": [h.to_dict() for h in self.hints],
+            "hints": [_jsonable(h.to_dict()) for h in self.hints],
             "fixes": [f.to_dict() for f in self.fixes],
             "overhead_s": round(float(self.overhead_s), 6),
             "check_failures": list(self.check_failures),
