@@ -133,8 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             __import__(module)
             sys.modules[module].register(sub)
-        except (ImportError, AttributeError):
-            pass  # optional subcommand not built in this install
+        except (ImportError, AttributeError) as err:  # optional subcommand not built in this install
+            import logging
+
+            logging.getLogger("perfcallbacks").debug("perfhints: %s unavailable: %s", module, err)
     return parser
 
 
