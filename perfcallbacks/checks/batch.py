@@ -1,1 +1,93 @@
-"""batch checks (being written)."""
+"""Batch checks: ``batch-size-small`` (measured, inference), and helpers on observed batches.
+
+``batch-size-small`` reads ``ctx.measurements["batch_scaling"]``, written by
+:func:`perfcallbacks.probes.probe_batch_scaling`::
+
+    {"batch_size": 8, "latency_s": {"8": 0.010, "16": 0.012, "32": 0.020}}
+
+(forward latency of the observed batch repeated 1x, 2x, 4x). It fires when
+throughput still grows by more than :data:`THROUGHPUT_GAIN_MIN` at a larger
+batch whose measured latency stays within ``latency_budget_ms``. It never
+fires on the batch size alone.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from perfcallbacks.checks.registry import check, fix_text
+from perfcallbacks.context import BatchStats, RunContext
+from perfcallbacks.hints import REGISTRY, Hint
+
+# Doubling the batch must buy at least 30% more throughput to be worth a hint:
+# below that, timing noise on a shared machine (~5-10%) and the extra memory
+# and latency make the advice doubtful.
+THROUGHPUT_GAIN_MIN = 1.30
+
+
+def observed_batches(ctx: RunContext) -> list[BatchStats]:
+    """The batches relevant to the current phase: inference batches in ``inference``, else training ones."""
+    if ctx.phase == "inference":
+        return list(ctx.inference_batches)
+    return list(ctx.batches)
+
+
+def typical_batch_size(batches: list[BatchStats], loader_batch_size: int | None = None) -> int | None:
+    """The configured batch size, else the most common observed one (a short last batch does not count)."""
+    if loader_batch_size:
+        return int(loader_batch_size)
+    sizes = [b.batch_size for b in batches if b.batch_size]
+    if not sizes:
+        return None
+    counts = Counter(sizes)
+    return max(counts, key=lambda size: (counts[size], size))  # ties: the larger (a short last batch loses)
+
+
+def _latencies(measure: dict[str, Any]) -> dict[int, float]:
+    raw = measure.get("latency_s") or {}
+    out: dict[int, float] = {}
+    for key, value in raw.items():
+        try:
+            size, seconds = int(key), float(value)
+        except (TypeError, ValueError):
+            continue
+        if size > 0 and seconds > 0:
+            out[size] = seconds
+    return out
+
+
+@check("batch-size-small", phases=("inference",))
+def batch_size_small(ctx: RunContext) -> Hint | None:
+    measure = ctx.measurements.get("batch_scaling")
+    if not isinstance(measure, dict):
+        return None
+    latency = _latencies(measure)
+    base = int(measure.get("batch_size") or (min(latency) if latency else 0))
+    if base not in latency or len(latency) < 2:
+        return None
+    budget_s = None if ctx.latency_budget_ms is None else ctx.latency_budget_ms / 1000.0
+    base_tput = base / latency[base]
+    allowed = {b: t for b, t in latency.items() if b > base and (budget_s is None or t <= budget_s)}
+    if not allowed:
+        return None
+    best = max(allowed, key=lambda b: b / allowed[b])
+    gain = (best / allowed[best]) / base_tput
+    if gain < THROUGHPUT_GAIN_MIN:
+        return None
+    budget_note = f" within the {ctx.latency_budget_ms:g} ms latency budget" if budget_s is not None else ""
+    fix = fix_text(ctx,
+                   lightning=f"DataLoader(..., batch_size={best}) for predict/validation "
+                             f"(or Tuner(trainer).scale_batch_size(model, mode=\"binsearch\"))",
+                   hf=f"TrainingArguments(per_device_eval_batch_size={best}) (or auto_find_batch_size=True)",
+                   torch=f"DataLoader(..., batch_size={best}) for inference")
+    return REGISTRY["batch-size-small"].make(
+        ctx.phase,
+        f"Inference throughput still grows with the batch size: batch {base} takes "
+        f"{latency[base] * 1e3:.1f} ms, batch {best} takes {allowed[best] * 1e3:.1f} ms "
+        f"({gain:.2f}x the rows per second){budget_note}.",
+        fix,
+        evidence={"batch_size": base, "suggested_batch_size": best,
+                  "latency_ms": {str(b): round(t * 1e3, 3) for b, t in sorted(latency.items())},
+                  "throughput_gain": round(gain, 3), "latency_budget_ms": ctx.latency_budget_ms},
+        impact=gain)

@@ -1,1 +1,119 @@
-"""data checks (being written)."""
+"""Data checks: ``dataloader-bottleneck`` and ``pin-memory-off``, both on measured time.
+
+``dataloader-bottleneck`` fires on the measured wait for the next batch
+(``ctx.data_wait_times``) against the step time (``ctx.step_times``), never on
+``num_workers`` alone: Lightning's own warning fires whenever ``num_workers < 2``
+even when data costs nothing, and users rightly ignore it.
+
+Measurements read (``ctx.measurements``, absent = unknown):
+    ``h2d_copy_s``: seconds per step spent copying the batch host -> device
+    (an adapter or probe may time ``batch.to(device)``).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+from perfcallbacks.checks.registry import check, fix_text
+from perfcallbacks.context import RunContext
+from perfcallbacks.hints import REGISTRY, Hint
+
+# Waiting for data longer than 20% of the step time (DESIGN default).
+DATA_WAIT_SHARE = 0.20
+# Below ~1 ms per batch a worker process cannot help: moving a batch through a
+# worker's queue (pickling + IPC) costs about as much as the wait itself.
+MIN_WAIT_S = 0.001
+# Fewer timed steps than this are noise (the first step is already excluded).
+MIN_STEPS = 3
+# pin-memory-off: copies (or, unmeasured, the data wait) must be at least this
+# share of the step for pinning to be worth a hint.
+PIN_COPY_SHARE = 0.05
+PIN_WAIT_SHARE = 0.10
+
+
+def data_wait_ratio(ctx: RunContext) -> tuple[float, float, float] | None:
+    """(mean wait s, mean step s, wait/step) or ``None`` without enough timed steps.
+
+    Means, not medians: with workers the wait is bimodal (one batch in N waits),
+    and throughput follows the mean.
+    """
+    waits, steps = ctx.data_wait_times, ctx.step_times
+    if len(waits) < MIN_STEPS or len(steps) < MIN_STEPS:
+        return None
+    wait, step = statistics.fmean(waits), statistics.fmean(steps)
+    if step <= 0:
+        return None
+    return wait, step, wait / step
+
+
+def suggested_workers(ctx: RunContext, wait: float, step: float) -> tuple[int, int]:
+    """(workers that would hide the measured wait, cores available for them in this process)."""
+    current = ctx.loader.num_workers if ctx.loader else 0
+    processes = max(1, ctx.threads.local_processes if ctx.threads else ctx.local_world_size)
+    cores = ctx.local.physical_cores or (ctx.threads.physical_cores if ctx.threads else 1) or 1
+    available = max(1, cores // processes - 1)  # leave one core for the training process itself
+    # Cost of producing one batch: the wait itself without workers; with N
+    # workers still waiting, each batch costs them about N x (wait + step).
+    per_batch = wait if current == 0 else current * (wait + step)
+    needed = math.ceil(per_batch / step) + 1  # +1: slack for jitter
+    return max(needed, 1), available
+
+
+@check("dataloader-bottleneck", phases=("warmup",))
+def dataloader_bottleneck(ctx: RunContext) -> Hint | None:
+    measured = data_wait_ratio(ctx)
+    if measured is None:
+        return None
+    wait, step, ratio = measured
+    if ratio <= DATA_WAIT_SHARE or wait < MIN_WAIT_S:
+        return None
+    current = ctx.loader.num_workers if ctx.loader else 0
+    needed, available = suggested_workers(ctx, wait, step)
+    workers = max(current + 1, min(needed, available))
+    on_cuda = ctx.profile.kind == "cuda" and ctx.judged_on_accelerator
+    pin = ", pin_memory=True" if on_cuda else ""
+    hf_pin = ", dataloader_pin_memory=True" if on_cuda else ""
+    fix = fix_text(ctx,
+                   lightning=f"DataLoader(..., num_workers={workers}, persistent_workers=True{pin})",
+                   hf=f"TrainingArguments(dataloader_num_workers={workers}, dataloader_persistent_workers=True{hf_pin})",
+                   torch=f"DataLoader(..., num_workers={workers}, persistent_workers=True{pin})")
+    if needed > available:
+        fix += (f"; this machine has only {available} spare core(s) for workers: also make each item cheaper "
+                f"(tokenize/decode once up front, not in __getitem__)")
+    return REGISTRY["dataloader-bottleneck"].make(
+        ctx.phase,
+        f"Each step waits {wait * 1e3:.1f} ms for data against {step * 1e3:.1f} ms of compute "
+        f"({ratio:.0%} of the step time) with num_workers={current}.",
+        fix,
+        evidence={"data_wait_ms": round(wait * 1e3, 3), "step_ms": round(step * 1e3, 3),
+                  "wait_share_of_step": round(ratio, 4), "steps_timed": len(ctx.step_times),
+                  "num_workers": current, "suggested_workers": workers,
+                  "physical_cores": ctx.local.physical_cores},
+        impact=(wait + step) / step)
+
+
+@check("pin-memory-off", phases=("warmup",))
+def pin_memory_off(ctx: RunContext) -> Hint | None:
+    if ctx.profile.kind != "cuda" or not ctx.judged_on_accelerator or ctx.loader is None or ctx.loader.pin_memory:
+        return None
+    step = ctx.median_step_s
+    copy = ctx.measurements.get("h2d_copy_s")
+    measured = data_wait_ratio(ctx)
+    if isinstance(copy, (int, float)) and step:
+        significant, share, basis = copy / step >= PIN_COPY_SHARE, copy / step, "h2d_copy_share"
+    elif measured is not None:
+        significant, share, basis = measured[2] >= PIN_WAIT_SHARE, measured[2], "data_wait_share"
+    else:
+        return None
+    if not significant:
+        return None
+    fix = fix_text(ctx, lightning="DataLoader(..., pin_memory=True)",
+                   hf="TrainingArguments(dataloader_pin_memory=True)",
+                   torch="DataLoader(..., pin_memory=True) and batch.to('cuda', non_blocking=True)")
+    return REGISTRY["pin-memory-off"].make(
+        ctx.phase,
+        f"The loader does not pin memory on a CUDA run while moving data costs {share:.0%} of the step "
+        f"({basis.replace('_', ' ')}).",
+        fix, evidence={basis: round(share, 4), "pin_memory": False, "num_workers": ctx.loader.num_workers},
+        impact=None)

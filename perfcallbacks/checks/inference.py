@@ -1,1 +1,202 @@
-"""inference checks (being written)."""
+"""Inference checks: autograd/train mode in inference, int8, autocast, threads, repeated inputs.
+
+They read ``ctx.inference`` (how forwards ran), ``ctx.inference_batches``
+(with row hashes) and ``ctx.measurements``, written by
+:func:`perfcallbacks.probes.run_inference_probes` (or by a guarded fix)::
+
+    "threads":       {"current": 2, "latency_s": {"1": 0.031, "2": 0.018}}
+    "int8":          {"speedup": 1.37, "fidelity": {...}}       # measured int8 vs fp32
+    "autocast":      {"speedup": 1.9}                           # measured autocast vs fp32
+    "grad_overhead": 1.15                                       # forward with autograd / inference_mode
+
+A measured number always wins over an estimate: a measured int8 or autocast
+result that gains nothing silences its hint.
+"""
+
+from __future__ import annotations
+
+from perfcallbacks.checks.model import gemm_layers, is_quantized, linear_share
+from perfcallbacks.checks.precision import TENSOR_CORE_SPEEDUP, precision_dtypes
+from perfcallbacks.checks.registry import check, fix_text
+from perfcallbacks.context import RunContext
+from perfcallbacks.device import EMULATED, UNSUPPORTED
+from perfcallbacks.hints import REGISTRY, Hint
+
+# A measured fix must gain at least 5% (the guarded fixes' default margin).
+MEASURED_GAIN_MIN = 1.05
+# int8: Linear layers must hold most of the GEMM FLOPs for a whole-model gain.
+INT8_MIN_LINEAR_SHARE = 0.6
+# Without a measurement, skip small models: below ~0.5M Linear weights the
+# per-call quantization of activations costs about what the int8 GEMM saves.
+INT8_MIN_LINEAR_PARAMS = 500_000
+# Measured here: all-Linear int8 dynamic quantization of MiniLM-L6 (AVX2) is
+# 1.37x end to end; scaled by the Linear share for other models.
+INT8_MINILM_SPEEDUP = 1.37
+# threads-untuned: the current count must be > 5% slower than the best.
+THREADS_GAIN_MIN = 1.05
+# repeated-inputs: at least this many rows seen, and more than 20% duplicates.
+REPEAT_MIN_ROWS = 16
+REPEAT_SHARE = 0.20
+
+
+def _judged_on_cpu(ctx: RunContext) -> bool:
+    return ctx.profile.kind == "cpu" if ctx.target else ctx.model_device == "cpu"
+
+
+def _measured_speedup(ctx: RunContext, key: str) -> float | None:
+    value = ctx.measurements.get(key)
+    if isinstance(value, dict):
+        value = value.get("speedup")
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+@check("grad-in-inference", phases=("inference",))
+def grad_in_inference(ctx: RunContext) -> Hint | None:
+    info = ctx.inference
+    if info.calls < 1 or (info.grad_enabled_calls == 0 and info.train_mode_calls == 0):
+        return None
+    problems = []
+    if info.grad_enabled_calls:
+        problems.append(f"autograd on in {info.grad_enabled_calls} of {info.calls}")
+    if info.train_mode_calls:
+        problems.append(f"train mode (dropout on) in {info.train_mode_calls} of {info.calls}")
+    fix = fix_text(ctx,
+                   lightning="keep Trainer(inference_mode=True) (the default) and do not call "
+                             "torch.set_grad_enabled(True) or self.train() in validation/predict steps",
+                   hf="do not call model.train() or torch.enable_grad() in evaluation/prediction code "
+                      "(Trainer.evaluate/predict already run under torch.no_grad)",
+                   torch="model.eval(); with torch.inference_mode(): outputs = model(batch)")
+    overhead = ctx.measurements.get("grad_overhead")
+    return REGISTRY["grad-in-inference"].make(
+        ctx.phase,
+        f"Inference forwards ran with {' and '.join(problems)} calls"
+        + (f" ({info.stage})" if info.stage else "") + ".",
+        fix,
+        evidence={"calls": info.calls, "grad_enabled_calls": info.grad_enabled_calls,
+                  "train_mode_calls": info.train_mode_calls, "stage": info.stage,
+                  "grad_overhead_measured": overhead},
+        impact=overhead if isinstance(overhead, (int, float)) and overhead > 1 else None)
+
+
+@check("int8-available", phases=("inference",))
+def int8_available(ctx: RunContext) -> Hint | None:
+    if not _judged_on_cpu(ctx) or ctx.profile.supports("int8_dynamic") in (EMULATED, UNSUPPORTED):
+        return None
+    if ctx.model is None or ctx.param_dtype not in (None, "fp32") or is_quantized(ctx.model):
+        return None
+    share = linear_share(ctx.model)
+    if share < INT8_MIN_LINEAR_SHARE:
+        return None
+    measured = _measured_speedup(ctx, "int8")
+    linear_params = sum(layer.flops for layer in gemm_layers(ctx.model) if layer.kind == "linear")
+    if measured is not None:
+        if measured < MEASURED_GAIN_MIN:
+            return None
+        impact, basis = measured, "measured on this model"
+    else:
+        if linear_params < INT8_MIN_LINEAR_PARAMS:
+            return None
+        impact, basis = 1.0 + (INT8_MINILM_SPEEDUP - 1.0) * share, "estimated from the Linear share"
+    fix = fix_text(ctx,
+                   lightning="PerfHintCallback(auto_apply=True) measures and keeps guarded int8 quantization for "
+                             "predict; or perfcallbacks.quantize_for_export(model, path, example_inputs=batch)",
+                   hf="HFPerfHints(auto_apply=True) measures and keeps guarded int8 quantization for predict; "
+                      "or perfcallbacks.quantize_for_export(model, path, example_inputs=batch)",
+                   torch="torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8) "
+                         "(check outputs), or perfcallbacks.quantize_for_export(model, path, example_inputs=batch)")
+    int8 = ctx.measurements.get("int8") if isinstance(ctx.measurements.get("int8"), dict) else {}
+    return REGISTRY["int8-available"].make(
+        ctx.phase,
+        f"CPU inference of an fp32 model whose Linear layers hold {share:.0%} of the GEMM FLOPs: int8 dynamic "
+        f"quantization is {impact:.2f}x faster ({basis}).",
+        fix,
+        evidence={"linear_flop_share": round(share, 4), "linear_params": linear_params,
+                  "int8_support": ctx.profile.supports("int8_dynamic"), "measured_speedup": measured,
+                  "fidelity": int8.get("fidelity")},
+        impact=impact)
+
+
+@check("autocast-available", phases=("inference",))
+def autocast_available(ctx: RunContext) -> Hint | None:
+    profile = ctx.profile
+    if not ctx.judged_on_accelerator or not profile.is_accelerator:
+        return None
+    dtype = profile.fast_autocast_dtype()
+    if dtype is None or ctx.model is None or ctx.param_dtype not in (None, "fp32"):
+        return None
+    if precision_dtypes(ctx) or ctx.inference.autocast_calls:
+        return None
+    measured = _measured_speedup(ctx, "autocast")
+    if measured is not None and measured < MEASURED_GAIN_MIN:
+        return None
+    impact = measured if measured is not None else (TENSOR_CORE_SPEEDUP if profile.has_matrix_units else None)
+    name = "bfloat16" if str(dtype).endswith("bfloat16") else "float16"
+    fix = fix_text(ctx,
+                   lightning=f"Trainer(precision=\"{'bf16' if name == 'bfloat16' else '16'}-mixed\") for "
+                             f"validate/predict, or PerfHintCallback(auto_apply=True) to measure it",
+                   hf=f"TrainingArguments({'bf16' if name == 'bfloat16' else 'fp16'}=True) (its autocast also "
+                      f"covers evaluate/predict) or HFPerfHints(auto_apply=True)",
+                   torch=f"with torch.inference_mode(), torch.autocast(\"{profile.kind}\", dtype=torch.{name}): "
+                         f"outputs = model(batch)")
+    return REGISTRY["autocast-available"].make(
+        ctx.phase,
+        f"Inference runs in fp32 on {profile.name}, where {name} autocast is fast"
+        + (f" (measured {measured:.2f}x)." if measured else "."),
+        fix,
+        evidence={"device": profile.name, "param_dtype": ctx.param_dtype, "autocast_dtype": name,
+                  "autocast_calls": ctx.inference.autocast_calls, "measured_speedup": measured},
+        impact=impact)
+
+
+@check("threads-untuned", phases=("inference",))
+def threads_untuned(ctx: RunContext) -> Hint | None:
+    measure = ctx.measurements.get("threads")
+    if not isinstance(measure, dict) or ctx.judged_on_accelerator:
+        return None
+    latency = {}
+    for key, value in (measure.get("latency_s") or {}).items():
+        try:
+            if float(value) > 0:
+                latency[int(key)] = float(value)
+        except (TypeError, ValueError):
+            continue
+    current = measure.get("current")
+    if current not in latency or len(latency) < 2:
+        return None
+    best = min(latency, key=latency.__getitem__)
+    gain = latency[current] / latency[best]
+    if best == current or gain < THREADS_GAIN_MIN:
+        return None
+    fix = f"torch.set_num_threads({best}) before inference (or OMP_NUM_THREADS={best})"
+    if ctx.framework in ("lightning", "hf"):
+        fix += f"; {'PerfHintCallback' if ctx.framework == 'lightning' else 'HFPerfHints'}(auto_apply=True) does it"
+    return REGISTRY["threads-untuned"].make(
+        ctx.phase,
+        f"Inference with {current} intra-op threads takes {latency[current] * 1e3:.1f} ms per batch; "
+        f"{best} threads take {latency[best] * 1e3:.1f} ms ({gain:.2f}x faster).",
+        fix,
+        evidence={"current_threads": current, "best_threads": best,
+                  "latency_ms": {str(k): round(v * 1e3, 3) for k, v in sorted(latency.items())}},
+        impact=gain)
+
+
+@check("repeated-inputs", phases=("inference",))
+def repeated_inputs(ctx: RunContext) -> Hint | None:
+    hashes = [h for b in ctx.inference_batches for h in b.row_hashes]
+    if len(hashes) < REPEAT_MIN_ROWS:
+        return None
+    unique = len(set(hashes))
+    share = 1.0 - unique / len(hashes)
+    if share <= REPEAT_SHARE:
+        return None
+    fix = ("deduplicate before the forward and scatter back: "
+           "uniq, inverse = torch.unique(input_ids, dim=0, return_inverse=True); "
+           "out = model(uniq)[inverse] (or cache outputs keyed by the input's token ids)")
+    return REGISTRY["repeated-inputs"].make(
+        ctx.phase,
+        f"{share:.0%} of the {len(hashes)} inference rows seen are exact repeats ({unique} distinct): "
+        f"a cache or deduplication would skip their forward passes.",
+        fix,
+        evidence={"rows_seen": len(hashes), "distinct_rows": unique, "duplicate_share": round(share, 4),
+                  "batches_seen": len(ctx.inference_batches)},
+        impact=len(hashes) / unique)

@@ -1,1 +1,261 @@
-"""padding checks (being written)."""
+"""Padding checks: ``padding-waste`` and ``static-padding``, with a token cost model.
+
+Both are measured on the observed batches (``BatchStats.lengths`` from the
+attention mask or the pad id): training batches in ``warmup``, predict batches
+in ``inference``.
+
+Cost model (:func:`batch_cost`): a transformer spends ``12 h^2`` multiply-adds
+per token and layer in its projections and FFN, plus ``2 L h`` in attention
+(QK^T and AV over a padded length ``L``). So a batch of ``B`` rows padded to
+``L`` costs ``B L (1 + L / 6h)`` units; without a known hidden size ``h`` only
+the linear term is used. The impact of ``padding-waste`` is the cost of the
+observed batches over the cost of the same lengths sorted into batches of the
+same size, each padded to its own longest row (what length-grouped dynamic
+padding gives); ``static-padding`` compares against dynamic padding in arrival
+order. ``benchmarks/padding.py`` checks the prediction against measured
+throughput on MiniLM.
+
+Settings read (``ctx.settings``, absent = unknown):
+    ``collator``: qualified class name of the collate fn / HF data collator.
+    ``pad_to_multiple_of``: int or None.
+    ``sampling_strategy``: ``"group_by_length"``, ``"random"``, ...
+    ``tokenizer_padding``: ``"max_length"`` / ``"longest"`` / None.
+    ``transformers_version``: str (else read from the installed package).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from perfcallbacks.checks.batch import observed_batches, typical_batch_size
+from perfcallbacks.checks.model import hidden_size
+from perfcallbacks.checks.registry import check
+from perfcallbacks.context import BatchStats, RunContext
+from perfcallbacks.hints import REGISTRY, Hint
+
+# Share of pad tokens above which padding-waste fires (DESIGN default): a
+# quarter of the compute spent on nothing is worth a code change.
+PAD_FRACTION_THRESHOLD = 0.25
+# Do not advise a change the model predicts to gain less than 10%: smaller
+# gains are within the noise of per-batch overheads the model ignores.
+MIN_PREDICTED_SPEEDUP = 1.10
+# static-padding: dynamic padding (each batch to its own longest row) must
+# save at least 25% of the cost for "far above the real lengths".
+STATIC_MIN_SPEEDUP = 1.0 / (1.0 - 0.25)
+# Fewer batches than this cannot show that the padded length is fixed.
+STATIC_MIN_BATCHES = 2
+# Projections + FFN cost 12 h^2 per token and layer, attention 2 L h: the
+# attention term relative to the linear one is L / (6 h).
+ATTENTION_RATIO_DIVISOR = 6
+
+
+def batch_cost(rows: int, padded_len: int, hidden: int | None = None) -> float:
+    """Relative compute of ``rows`` rows padded to ``padded_len`` (see the module docstring).
+
+    Example::
+
+        >>> batch_cost(8, 128), round(batch_cost(8, 128, hidden=384), 1)
+        (1024, 1080.9)
+    """
+    cost = rows * padded_len
+    if hidden:
+        cost *= 1.0 + padded_len / (ATTENTION_RATIO_DIVISOR * hidden)
+    return cost
+
+
+def _round_up(value: int, multiple: int | None) -> int:
+    if not multiple or multiple <= 1:
+        return value
+    return -(-value // multiple) * multiple
+
+
+def grouped_cost(lengths: Sequence[int], batch_size: int, hidden: int | None = None,
+                 pad_to_multiple_of: int | None = None) -> float:
+    """Cost of ``lengths`` sorted into batches of ``batch_size``, each padded to its longest row.
+
+    Example::
+
+        >>> grouped_cost([1, 9, 2, 8], batch_size=2)  # batches (9, 8) and (2, 1)
+        22.0
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    ordered = sorted((int(n) for n in lengths), reverse=True)
+    total = 0.0
+    for start in range(0, len(ordered), batch_size):
+        chunk = ordered[start:start + batch_size]
+        total += batch_cost(len(chunk), _round_up(max(chunk), pad_to_multiple_of), hidden)
+    return total
+
+
+def observed_cost(batches: Sequence[BatchStats], hidden: int | None = None) -> float:
+    """Cost of the batches as they were padded."""
+    return sum(batch_cost(b.batch_size or len(b.lengths), b.seq_len or 0, hidden) for b in batches)
+
+
+def dynamic_cost(batches: Sequence[BatchStats], hidden: int | None = None,
+                 pad_to_multiple_of: int | None = None) -> float:
+    """Cost of the same batches, each padded to its own longest row (arrival order kept)."""
+    return sum(batch_cost(len(b.lengths), _round_up(max(b.lengths), pad_to_multiple_of), hidden)
+               for b in batches if b.lengths)
+
+
+def predicted_grouping_speedup(batches: Sequence[BatchStats], hidden: int | None = None,
+                               batch_size: int | None = None, pad_to_multiple_of: int | None = None) -> float | None:
+    """Predicted speedup of length-grouped dynamic padding over the observed padding.
+
+    Example::
+
+        >>> from perfcallbacks.context import BatchStats
+        >>> b = [BatchStats(batch_size=2, seq_len=10, lengths=(10, 1)), BatchStats(batch_size=2, seq_len=10, lengths=(9, 2))]
+        >>> predicted_grouping_speedup(b)  # 40 tokens padded vs 2x10 + 2x2 grouped
+        1.67
+    """
+    usable = [b for b in batches if b.lengths and b.seq_len]
+    if not usable:
+        return None
+    size = batch_size or typical_batch_size(usable)
+    lengths = [n for b in usable for n in b.lengths]
+    fixed = grouped_cost(lengths, size or 1, hidden, pad_to_multiple_of)
+    return round(observed_cost(usable, hidden) / fixed, 2) if fixed else None
+
+
+def pad_fraction(batches: Sequence[BatchStats]) -> float | None:
+    """Share of pad tokens over all batches with known lengths."""
+    usable = [b for b in batches if b.lengths and b.seq_len]
+    total = sum(b.total_tokens or 0 for b in usable)
+    if not total:
+        return None
+    return max(0.0, 1.0 - sum(b.real_tokens or 0 for b in usable) / total)
+
+
+def transformers_major(ctx: RunContext) -> int | None:
+    """Major version of transformers: from the adapter's setting, else the installed package."""
+    version = ctx.settings.get("transformers_version")
+    if not version:
+        try:
+            from importlib.metadata import version as _version
+
+            version = _version("transformers")
+        except Exception:  # not installed: advice without version-specific flags
+            return None
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return None
+
+
+def group_by_length_arg(ctx: RunContext) -> str:
+    """The TrainingArguments flag for length-grouped sampling in the installed transformers."""
+    major = transformers_major(ctx)
+    if major is not None and major < 5:
+        return "group_by_length=True"
+    return 'train_sampling_strategy="group_by_length"'
+
+
+def _collator_snippet(ctx: RunContext) -> str:
+    multiple = ", pad_to_multiple_of=8" if ctx.judged_on_accelerator else ""
+    return f"DataCollatorWithPadding(tokenizer{multiple})"
+
+
+def _is_dynamic(ctx: RunContext) -> bool:
+    collator = str(ctx.settings.get("collator") or (ctx.loader.collate_fn if ctx.loader else "") or "")
+    padding = ctx.settings.get("tokenizer_padding")
+    return padding != "max_length" and ("WithPadding" in collator or "ForLanguageModeling" in collator
+                                        or "ForSeq2Seq" in collator or padding == "longest")
+
+
+def padding_fix(ctx: RunContext, *, group: bool, dynamic: bool) -> str:
+    """The fix for the framework in use: dynamic padding and/or length grouping."""
+    collator = _collator_snippet(ctx)
+    parts: list[str] = []
+    if ctx.phase == "inference":
+        if dynamic:
+            parts.append(f"tokenize without padding (padding=False, truncation=True) and pad per batch with {collator}")
+        parts.append("predict in length-grouped batches, results back in input order: "
+                     "perfcallbacks.padding.predict_length_grouped(model, texts, tokenizer, batch_size=...)")
+        return "; ".join(parts)
+    if dynamic:
+        parts.append("tokenize without padding (padding=False, truncation=True)")
+    if ctx.framework == "hf":
+        if dynamic:
+            parts.append(f"Trainer(..., data_collator={collator})")
+        if group and ctx.settings.get("sampling_strategy") != "group_by_length":
+            parts.append(f"TrainingArguments(..., {group_by_length_arg(ctx)})")
+    else:
+        loader = "DataLoader(dataset"
+        if group:
+            loader += ", batch_sampler=perfcallbacks.padding.LengthGroupedBatchSampler(lengths, batch_size)"
+        if dynamic:
+            loader += f", collate_fn={collator}"
+        parts.append(loader + ")")
+    return "; ".join(parts)
+
+
+def _lengths_summary(batches: Sequence[BatchStats]) -> dict[str, float]:
+    lengths = sorted(n for b in batches for n in b.lengths)
+    if not lengths:
+        return {}
+    return {"real_len_median": lengths[len(lengths) // 2], "real_len_max": lengths[-1],
+            "real_len_mean": round(sum(lengths) / len(lengths), 1)}
+
+
+@check("padding-waste", phases=("warmup", "inference"))
+def padding_waste(ctx: RunContext) -> Hint | None:
+    batches = [b for b in observed_batches(ctx) if b.lengths and b.seq_len]
+    fraction = pad_fraction(batches)
+    if fraction is None or fraction <= PAD_FRACTION_THRESHOLD:
+        return None
+    hidden = hidden_size(ctx.model)
+    multiple = ctx.settings.get("pad_to_multiple_of") or (8 if ctx.judged_on_accelerator else None)
+    size = typical_batch_size(batches, ctx.loader.batch_size if ctx.loader and ctx.phase != "inference" else None)
+    impact = predicted_grouping_speedup(batches, hidden, size, multiple)
+    if impact is None or impact < MIN_PREDICTED_SPEEDUP:
+        return None
+    grouped_tokens = grouped_cost([n for b in batches for n in b.lengths], size or 1, None, multiple)
+    grouped_share = 1.0 - sum(b.real_tokens or 0 for b in batches) / max(1.0, grouped_tokens)
+    group = ctx.phase == "inference" or ctx.settings.get("sampling_strategy") != "group_by_length"
+    fix = padding_fix(ctx, group=group, dynamic=not _is_dynamic(ctx))
+    model_note = "tokens + attention (quadratic)" if hidden else "tokens"
+    return REGISTRY["padding-waste"].make(
+        ctx.phase,
+        f"{fraction:.0%} of the tokens in {len(batches)} observed batches are padding; "
+        f"length-grouped dynamic padding would leave {max(0.0, grouped_share):.0%} and is predicted "
+        f"{impact:.1f}x faster (cost model: {model_note}).",
+        fix,
+        evidence={"pad_fraction": round(fraction, 4), "batches_seen": len(batches),
+                  "padded_len_max": max(b.seq_len or 0 for b in batches),
+                  **_lengths_summary(batches),
+                  "grouped_pad_fraction": round(max(0.0, grouped_share), 4),
+                  "batch_size": size, "collator": ctx.settings.get("collator"),
+                  "sampling_strategy": ctx.settings.get("sampling_strategy")},
+        impact=impact)
+
+
+@check("static-padding", phases=("warmup", "inference"))
+def static_padding(ctx: RunContext) -> Hint | None:
+    batches = [b for b in observed_batches(ctx) if b.lengths and b.seq_len]
+    if len(batches) < STATIC_MIN_BATCHES or len({b.seq_len for b in batches}) != 1:
+        return None
+    hidden = hidden_size(ctx.model)
+    multiple = ctx.settings.get("pad_to_multiple_of") or (8 if ctx.judged_on_accelerator else None)
+    dynamic = dynamic_cost(batches, hidden, multiple)
+    if not dynamic:
+        return None
+    impact = observed_cost(batches, hidden) / dynamic
+    if impact < STATIC_MIN_SPEEDUP:
+        return None
+    fixed_len = batches[0].seq_len
+    longest = [max(b.lengths) for b in batches]
+    fix = padding_fix(ctx, group=False, dynamic=True)
+    return REGISTRY["static-padding"].make(
+        ctx.phase,
+        f"All {len(batches)} observed batches are padded to {fixed_len} tokens, but their longest rows average "
+        f"{sum(longest) / len(longest):.0f} tokens: padding each batch to its own longest row is predicted "
+        f"{impact:.1f}x faster.",
+        fix,
+        evidence={"padded_len": fixed_len, "batches_seen": len(batches),
+                  "batch_longest_mean": round(sum(longest) / len(longest), 1), "batch_longest_max": max(longest),
+                  "pad_fraction": round(pad_fraction(batches) or 0.0, 4),
+                  "tokenizer_padding": ctx.settings.get("tokenizer_padding")},
+        impact=impact)
