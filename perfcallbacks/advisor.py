@@ -404,6 +404,7 @@ class Advisor:
         self.hints = {h["id"]: Hint.from_dict(h) for h in state.get("hints", [])}
         self.warned = set(state.get("warned", []))
         self.fixes = [FixResult.from_dict(f) for f in state.get("fixes", [])]
+        self.warmup_done = bool(state.get("warmup_done", self.warmup_done))
 
 
 def _as_list(result: Any) -> list[Hint]:

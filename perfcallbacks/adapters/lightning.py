@@ -1,0 +1,545 @@
+"""PerfHintCallback: the perfcallbacks advisor as a ``lightning.pytorch.Callback``.
+
+The callback only collects facts from the Trainer (precision, strategy,
+devices, loader, batches and step times) and hands them to the framework-free
+:class:`~perfcallbacks.advisor.Advisor`. Observation happens at fit/stage start
+and during the first ``warmup_steps`` training steps; after that every hook
+returns after checking one bool.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from perfcallbacks.adapters._optional import require
+
+require("lightning", "lightning", "lightning")
+
+import lightning.pytorch as pl  # noqa: E402
+from lightning.pytorch.callbacks import Callback  # noqa: E402
+from lightning.pytorch.strategies import ParallelStrategy  # noqa: E402
+
+from perfcallbacks.adapters.common import (  # noqa: E402
+    ExampleBatch,
+    MethodPatch,
+    ModuleSwap,
+    default_report_path,
+    find_pad_token_id,
+    format_fixes,
+    hint_count_metrics,
+    is_distributed_name,
+    run_inference_fixes,
+    safe_hook,
+)
+from perfcallbacks.advisor import INFERENCE_BATCHES_OBSERVED, Advisor, validate_common_args  # noqa: E402
+from perfcallbacks.context import InferenceInfo  # noqa: E402
+from perfcallbacks.device import DeviceProfile  # noqa: E402
+from perfcallbacks.report import FixResult  # noqa: E402
+
+log = logging.getLogger("perfcallbacks")
+
+_STEP_METHOD = {"validate": "validation_step", "test": "test_step", "predict": "predict_step"}
+# Lightning precision strings -> the autocast dtype training runs under.
+_AUTOCAST = {"16-mixed": "fp16", "bf16-mixed": "bf16"}
+
+
+class PerfHintCallback(Callback):
+    """Measured performance hints (and guarded fixes) for a Lightning run.
+
+    Args:
+        auto_apply: apply the safe fixes after measuring them (intra-op threads at
+            fit start; autocast on accelerators and int8 dynamic quantization of
+            Linear layers on CPU for validate/test/predict). Checkpoints keep fp32.
+        warmup_steps: training steps observed before the callback goes quiet.
+        target: preset name (``"a100"``, ``"t4"``, ...) or :class:`DeviceProfile` to
+            judge the run as if it ran there; ``None`` = the device in use.
+        suppress: hint ids never to emit (a typo raises ``ValueError``).
+        report_path: JSON report file; ``None`` = ``trainer.log_dir/perf_hints.json``.
+        latency_budget_ms: per-batch latency budget for inference batch-size advice.
+        verbose: print the summary table at the end of warm-up and at fit end.
+        local: the local device profile (default: detected); tests pass a preset.
+
+    Raises:
+        TypeError / ValueError: for bad arguments, naming the argument.
+        ImportError: when ``lightning`` is not installed (with the pip command).
+
+    Example::
+
+        import lightning.pytorch as pl
+        from lightning.pytorch.demos.boring_classes import BoringModel
+        from perfcallbacks import PerfHintCallback
+
+        trainer = pl.Trainer(max_steps=30, callbacks=[PerfHintCallback(target="a100")],
+                             logger=False, enable_checkpointing=False)
+        trainer.fit(BoringModel())   # prints the hints table; report in trainer.log_dir
+    """
+
+    def __init__(
+        self,
+        auto_apply: bool = False,
+        warmup_steps: int = 20,
+        target: str | DeviceProfile | None = None,
+        suppress: Sequence[str] = (),
+        report_path: str | Path | None = None,
+        latency_budget_ms: float | None = None,
+        verbose: bool = True,
+        *,
+        local: DeviceProfile | None = None,
+    ) -> None:
+        args = validate_common_args(warmup_steps=warmup_steps, target=target, suppress=suppress,
+                                    report_path=report_path, latency_budget_ms=latency_budget_ms,
+                                    auto_apply=auto_apply, verbose=verbose)
+        if local is not None and not isinstance(local, DeviceProfile):
+            raise TypeError(f"local must be None or a DeviceProfile, got {type(local).__name__}")
+        self.auto_apply = auto_apply
+        self.warmup_steps: int = args["warmup_steps"]
+        self.target = args["target"]
+        self.suppress = tuple(sorted(args["suppress"]))
+        self.report_path: Path | None = args["report_path"]
+        self.latency_budget_ms: float | None = args["latency_budget_ms"]
+        self.verbose = verbose
+        self.local = local
+        self.report_written: Path | None = None
+        self._advisor: Advisor | None = None
+        self._pending_state: dict[str, Any] | None = None
+        self._hook_s = 0.0
+        self._report_s = 0.0  # part of _hook_s spent writing the report (one fsync per stage)
+        self._reset_runtime()
+
+    def _reset_runtime(self) -> None:
+        """Per-process runtime state: never pickled, rebuilt in ``setup``."""
+        self._observing = False  # the training hot path checks only this bool
+        self._stage: str | None = None  # validate / test / predict / fit-validate while one runs
+        self._inference_stage: str | None = None  # set while that stage's batches are still observed
+        self._fit_val_seen = False
+        self._examples = ExampleBatch()
+        self._patch: MethodPatch | None = None
+        self._swap: ModuleSwap | None = None
+        self._call_hook: Any = None
+        self._loop_call: tuple[bool, bool] | None = None  # (grad enabled, train mode) seen by the loop
+
+    # -- pickling (ddp_spawn) / resume -------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        advisor = state.pop("_advisor", None)
+        if advisor is not None:
+            state["_pending_state"] = advisor.state_dict()
+        for key in ("_observing", "_stage", "_inference_stage", "_fit_val_seen", "_examples", "_patch", "_swap",
+                    "_call_hook", "_loop_call"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._advisor = None
+        self._reset_runtime()
+
+    def state_dict(self) -> dict[str, Any]:
+        if self._advisor is not None:
+            return self._advisor.state_dict()
+        return dict(self._pending_state or {})
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        try:
+            if self._advisor is None:
+                self._pending_state = dict(state_dict)
+            else:
+                self._load_into(self._advisor, state_dict)
+        except Exception:  # principle 1: a bad saved state only costs repeated hints
+            log.debug("perfcallbacks: could not restore callback state", exc_info=True)
+
+    @staticmethod
+    def _load_into(advisor: Advisor, state: dict[str, Any]) -> None:
+        advisor.load_state_dict(state)
+        if state.get("warmup_done"):
+            advisor.warmup_done = True  # a resumed run does not observe (or warn) again
+
+    @property
+    def advisor(self) -> Advisor | None:
+        """The :class:`Advisor` behind the callback (created in ``setup``)."""
+        return self._advisor
+
+    @property
+    def overhead_s(self) -> float:
+        """Wall time spent inside this callback's hooks (seconds)."""
+        return self._hook_s
+
+    # -- setup ----------------------------------------------------------------------------
+    @safe_hook
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._advisor is None:
+            self._advisor = Advisor(target=self.target, suppress=self.suppress, warmup_steps=self.warmup_steps,
+                                    auto_apply=self.auto_apply, latency_budget_ms=self.latency_budget_ms,
+                                    report_path=self.report_path, verbose=self.verbose,
+                                    framework="lightning", local=self.local)
+            if self._pending_state:
+                self._load_into(self._advisor, self._pending_state)
+                self._pending_state = None
+        self._advisor.is_rank_zero = trainer.is_global_zero
+        if stage == "fit":
+            self._fit_val_seen = False
+
+    def _collect_context(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Advisor:
+        """Fill the RunContext from the Trainer (after strategy setup: the model is on its device)."""
+        advisor = self._advisor
+        if advisor is None:  # setup() failed or was skipped: build the advisor now
+            self.setup(trainer, pl_module, "fit")
+            advisor = self._advisor
+        assert advisor is not None  # for type checkers; setup always creates it
+        ctx = advisor.context
+        strategy = trainer.strategy
+        ctx.framework_version = pl.__version__
+        ctx.precision = str(trainer.precision)
+        ctx.autocast_dtype = _AUTOCAST.get(ctx.precision)
+        ctx.devices_used = int(trainer.num_devices)
+        ctx.world_size = int(trainer.world_size)
+        ctx.local_world_size = int(trainer.num_devices)
+        ctx.strategy = strategy_name(strategy)
+        ctx.distributed = isinstance(strategy, ParallelStrategy) or is_distributed_name(ctx.strategy)
+        advisor.set_model(pl_module)
+        ctx.pad_token_id = find_pad_token_id(pl_module)
+        ctx.settings["lightning"] = {"accelerator": type(trainer.accelerator).__name__,
+                                     "num_nodes": int(trainer.num_nodes),
+                                     "accumulate_grad_batches": int(trainer.accumulate_grad_batches)}
+        return advisor
+
+    # -- fit ------------------------------------------------------------------------------------
+    @safe_hook
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        advisor = self._collect_context(trainer, pl_module)
+        if self.auto_apply:
+            self._fix_training_threads(advisor)
+        advisor.set_loader(trainer.train_dataloader)
+        advisor.capture_threads(advisor.context.local_world_size)
+        advisor.run_checks("setup")
+        self._observing = not advisor.warmup_done
+        if self._observing and self.warmup_steps == 0:
+            self._finish_warmup(trainer)
+
+    def _fix_training_threads(self, advisor: Advisor) -> None:
+        from perfcallbacks.fixes import training_thread_cap
+
+        ctx = advisor.context
+        if ctx.model_device != "cpu":
+            return
+        cap = training_thread_cap(max(1, ctx.local.physical_cores or 1), max(1, ctx.local_world_size))
+        previous = torch.get_num_threads()
+        details = {"previous": previous, "cap": cap, "physical_cores": ctx.local.physical_cores,
+                   "local_processes": ctx.local_world_size}
+        if previous > cap:
+            torch.set_num_threads(cap)
+            details["chosen"] = cap
+            advisor.record_fix(FixResult("threads", "applied", f"training: {ctx.local_world_size} process(es) x "
+                                         f"{previous} threads > {ctx.local.physical_cores} physical cores; "
+                                         f"set {cap} per process", details=details))
+        else:
+            advisor.record_fix(FixResult("threads", "skipped", f"training: {previous} intra-op threads per process "
+                                         f"already within the {cap}-thread cap", details=details))
+
+    @safe_hook
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._observing and self._advisor is not None:
+            self._advisor.timer.reset_gap()  # an epoch boundary is not data wait
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self._observing:  # after warm-up: one bool check, nothing else
+            self._step_begin(batch)
+
+    @safe_hook
+    def _step_begin(self, batch: Any) -> None:
+        if self._advisor is not None:
+            self._advisor.step_begin(batch)  # the gap since the last step end is data wait
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self._observing:
+            self._step_end(trainer)
+
+    @safe_hook
+    def _step_end(self, trainer: pl.Trainer) -> None:
+        advisor = self._advisor
+        if advisor is None:
+            self._observing = False
+            return
+        if advisor.timer.steps_seen + 1 < self.warmup_steps:
+            advisor.step_end()
+            return
+        try:
+            with advisor.timed():
+                advisor.timer.end()
+        finally:
+            self._finish_warmup(trainer)  # every rank reaches this at the same step (collective inside)
+
+    def _finish_warmup(self, trainer: pl.Trainer) -> None:
+        """End observation: gather step times from all ranks, run the warm-up checks once."""
+        self._observing = False
+        advisor = self._advisor
+        if advisor is None or advisor.warmup_done:
+            return
+        try:
+            with advisor.timed():
+                gather_rank_timings(trainer, advisor)
+        except Exception:
+            log.debug("perfcallbacks: could not gather step times across ranks", exc_info=True)
+        advisor.finish_warmup()
+
+    @safe_hook
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._observing:  # fewer steps than warmup_steps: judge what was seen
+            self._finish_warmup(trainer)
+        advisor = self._advisor
+        if advisor is None or not trainer.is_global_zero:
+            return
+        self._write_report(trainer)
+        metrics = hint_count_metrics(advisor.report)
+        for logger in trainer.loggers:
+            try:
+                logger.log_metrics(metrics, step=trainer.global_step)
+            except Exception:
+                log.debug("perfcallbacks: logger %s rejected hint counts", type(logger).__name__, exc_info=True)
+        if self.verbose:
+            print(advisor.summary())
+            if self.report_written:
+                print(f"perfcallbacks report: {self.report_written}")
+
+    # -- validate / test / predict ------------------------------------------------------------
+    def _stage_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "validate" and trainer.state.fn == "fit":
+            if trainer.sanity_checking or self._fit_val_seen:
+                return
+            self._fit_val_seen = True
+            stage = "fit-validate"  # observed, checked, but no probes/fixes inside fit (keeps fit cheap)
+        advisor = self._collect_context(trainer, pl_module)
+        if stage != "fit-validate":
+            advisor.run_checks("setup")
+        advisor.context.inference = InferenceInfo(stage=stage)
+        advisor.context.inference_batches.clear()
+        self._examples.clear(stage)
+        self._loop_call = None
+        self._stage = self._inference_stage = stage
+        self._attach_call_observer(pl_module)
+
+    def _attach_call_observer(self, pl_module: pl.LightningModule) -> None:
+        """Forward pre-hook: how the user's forward actually runs (grad mode, train mode)."""
+        self._detach_call_observer()
+        advisor = self._advisor
+        seen = [0]
+
+        def hook(module: torch.nn.Module, args: tuple) -> None:
+            seen[0] += 1
+            try:
+                advisor.observe_inference_call(module)  # type: ignore[union-attr]
+            except Exception:
+                log.debug("perfcallbacks: inference call observation failed", exc_info=True)
+            if seen[0] >= INFERENCE_BATCHES_OBSERVED:
+                self._detach_call_observer()
+
+        self._call_hook = pl_module.register_forward_pre_hook(hook)
+
+    def _detach_call_observer(self) -> None:
+        if self._call_hook is not None:
+            self._call_hook.remove()
+            self._call_hook = None
+
+    def _stage_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
+        advisor, stage = self._advisor, self._inference_stage
+        if advisor is None or stage is None:
+            return
+        if self._loop_call is None:
+            self._loop_call = (torch.is_grad_enabled(), pl_module.training)
+        advisor.observe_batch(batch, inference=True)
+        if self._examples.offer(stage, batch) and self.auto_apply and stage != "fit-validate":
+            self._apply_inference_fixes(trainer, pl_module, batch, stage)
+        if len(advisor.context.inference_batches) >= INFERENCE_BATCHES_OBSERVED:
+            self._inference_stage = None  # enough seen: later batches cost one None check
+
+    def _apply_inference_fixes(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                               stage: str) -> None:
+        advisor = self._advisor
+        assert advisor is not None
+        ctx = advisor.context
+        results, amp, int8_model = run_inference_fixes(
+            advisor, pl_module, batch, stage=stage, physical_cores=ctx.local.physical_cores or 1,
+            local_processes=ctx.local_world_size)
+        if amp is not None:
+            self._patch = MethodPatch(pl_module, ("forward", _STEP_METHOD[stage]), amp)
+        if int8_model is not None:
+            self._swap = ModuleSwap(pl_module, int8_model)
+        if self.verbose and trainer.is_global_zero:
+            for line in format_fixes(results):
+                print(line)
+
+    def _stage_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "validate" and trainer.state.fn == "fit":
+            if self._stage == "fit-validate":
+                self._stage = self._inference_stage = None
+                self._detach_call_observer()
+                self._fill_loop_call()
+                if self._advisor is not None:
+                    self._advisor.run_checks("inference")
+            if self._observing and self._advisor is not None:
+                self._advisor.timer.reset_gap()  # validation time is not data wait
+            return
+        self._detach_call_observer()
+        self._restore_module()
+        advisor = self._advisor
+        if advisor is None or self._stage != stage:
+            return
+        self._stage = self._inference_stage = None
+        self._fill_loop_call()
+        example = self._examples.get(stage)
+        if example is not None:
+            advisor.probe_inference(pl_module, example)
+        else:
+            advisor.run_checks("inference")
+        self._examples.clear(stage)
+        if trainer.is_global_zero:
+            self._write_report(trainer)
+
+    def _fill_loop_call(self) -> None:
+        """No forward pre-hook call seen (the step bypassed ``self(...)``): use the loop's own state."""
+        advisor = self._advisor
+        if advisor is None or advisor.context.inference.calls or self._loop_call is None:
+            return
+        info = advisor.context.inference
+        grad, training = self._loop_call
+        info.calls, info.grad_enabled_calls, info.train_mode_calls = 1, int(grad), int(training)
+
+    def _restore_module(self) -> None:
+        if self._patch is not None:
+            self._patch.restore()
+            self._patch = None
+        if self._swap is not None:
+            self._swap.restore()
+            self._swap = None
+
+    @safe_hook
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stage_start(trainer, pl_module, "validate")
+
+    def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                                  batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._inference_stage is not None:
+            self._safe_stage_batch(trainer, pl_module, batch)
+
+    @safe_hook
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._stage_end(trainer, pl_module, "validate")
+
+    @safe_hook
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stage_start(trainer, pl_module, "test")
+
+    def on_test_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                            batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._inference_stage is not None:
+            self._safe_stage_batch(trainer, pl_module, batch)
+
+    @safe_hook
+    def on_test_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stage_end(trainer, pl_module, "test")
+
+    @safe_hook
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stage_start(trainer, pl_module, "predict")
+
+    def on_predict_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                               batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._inference_stage is not None:
+            self._safe_stage_batch(trainer, pl_module, batch)
+
+    @safe_hook
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stage_end(trainer, pl_module, "predict")
+
+    @safe_hook
+    def _safe_stage_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
+        self._stage_batch(trainer, pl_module, batch)
+
+    # -- nothing lost -------------------------------------------------------------------------
+    @safe_hook
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        if self._swap is not None and self._swap.active and "state_dict" in checkpoint:
+            checkpoint["state_dict"] = self._swap.fp32_state_dict(checkpoint["state_dict"])
+
+    @safe_hook
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._cleanup()
+
+    @safe_hook
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        self._detach_call_observer()
+        self._restore_module()
+        self._stage = self._inference_stage = None
+        self._observing = False
+        if self._advisor is not None:
+            self._advisor.detach_observer()
+
+    # -- report -------------------------------------------------------------------------------
+    def _write_report(self, trainer: pl.Trainer) -> Path | None:
+        advisor = self._advisor
+        if advisor is None:
+            return None
+        path = default_report_path(self.report_path, _log_dir(trainer))
+        advisor.overhead_s = max(advisor.overhead_s, self._hook_s)  # hooks include the advisor's own time
+        start = time.perf_counter()
+        written = advisor.write_report(path)
+        self._report_s += time.perf_counter() - start
+        if written is not None:
+            self.report_written = written
+        return written
+
+
+# -- pure helpers (tests call them directly) ------------------------------------------------------
+def strategy_name(strategy: Any) -> str:
+    """A short name for a Lightning strategy: ``"ddp"``, ``"ddp_spawn"``, ``"fsdp"``, ``"single_device"``."""
+    name = getattr(strategy, "strategy_name", None) or type(strategy).__name__
+    name = str(name)
+    if name == "DDPStrategy" or name == "ddp":
+        name = "ddp_spawn" if getattr(strategy, "_start_method", None) in ("spawn", "forkserver") else "ddp"
+    elif name.endswith("Strategy"):
+        name = {"SingleDeviceStrategy": "single_device", "FSDPStrategy": "fsdp",
+                "DeepSpeedStrategy": "deepspeed"}.get(name, name[: -len("Strategy")].lower())
+    return name
+
+
+def gather_rank_timings(trainer: pl.Trainer, advisor: Advisor) -> None:
+    """Replace this rank's warm-up step times with every rank's (one ``all_gather`` under DDP).
+
+    All ranks call this at the same step, so the collective cannot deadlock.
+    """
+    if int(trainer.world_size) <= 1:
+        return
+    timer = advisor.timer
+    width = max(1, advisor.warmup_steps)
+    local = torch.full((2, width), math.nan, dtype=torch.float64)
+    for row, values in enumerate((timer.step_times[-width:], timer.data_wait_times[-width:])):
+        if values:
+            local[row, : len(values)] = torch.tensor(values, dtype=torch.float64)
+    gathered = trainer.strategy.all_gather(local.to(trainer.strategy.root_device)).detach().cpu()
+    gathered = gathered.reshape(-1, 2, width)
+    steps, waits = gathered[:, 0], gathered[:, 1]
+    timer.step_times = [float(v) for v in steps[~torch.isnan(steps)]]
+    timer.data_wait_times = [float(v) for v in waits[~torch.isnan(waits)]]
+    medians = [float(r[~torch.isnan(r)].median()) if (~torch.isnan(r)).any() else None for r in steps]
+    advisor.context.settings["step_time_median_per_rank_s"] = medians
+
+
+def _log_dir(trainer: pl.Trainer) -> str | None:
+    try:
+        return trainer.log_dir
+    except Exception:
+        return getattr(trainer, "default_root_dir", None)

@@ -1,0 +1,127 @@
+"""PerfHintCallback under real multi-process DDP on CPU (2 ranks, gloo): one report, no duplicate warnings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from perfcallbacks import DeviceProfile, PerfHintCallback, Report  # noqa: E402
+
+WARMUP = 4
+
+
+class TinyModule(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.Linear(32, 16)
+
+    def forward(self, x):
+        return self.layer(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class RankRecorder(PerfHintCallback):
+    """Writes, per rank, what the callback saw: the parent cannot see into spawned children."""
+
+    def __init__(self, out_dir: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.out_dir = out_dir
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)
+        adv = self.advisor
+        record = {"rank": trainer.global_rank, "report_written": str(self.report_written or ""),
+                  "step_times": len(adv.context.step_times), "world_size": adv.context.world_size,
+                  "local_world_size": adv.context.local_world_size, "strategy": adv.context.strategy,
+                  "warned": sorted(adv.warned), "is_rank_zero": adv.is_rank_zero}
+        Path(self.out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+
+
+def _loader() -> DataLoader:
+    gen = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.randn(256, 32, generator=gen), torch.randint(0, 16, (256,), generator=gen)),
+                      batch_size=16)
+
+
+def _check_ranks(out_dir: Path, report: Path, stderr: str) -> None:
+    records = {r["rank"]: r for r in (json.loads(p.read_text()) for p in out_dir.glob("rank*.json"))}
+    assert set(records) == {0, 1}
+    assert records[0]["report_written"] == str(report) and records[1]["report_written"] == ""
+    assert records[0]["is_rank_zero"] and not records[1]["is_rank_zero"]
+    assert records[1]["warned"] == []  # rank 1 never warns
+    assert "tensor-cores-idle" in records[0]["warned"]
+    # Step times of both ranks were gathered (each rank contributes WARMUP - 1 timed steps).
+    assert records[0]["step_times"] == 2 * (WARMUP - 1)
+    assert records[0]["world_size"] == 2 and records[0]["local_world_size"] == 2
+    assert stderr.count("[tensor-cores-idle]") == 1  # one warning, from rank zero only
+    loaded = Report.load(report)
+    assert loaded.framework == "lightning" and loaded.hint("tensor-cores-idle") is not None
+
+
+@pytest.mark.slow
+def test_ddp_spawn_two_cpu_ranks(tmp_path, capfd):
+    out_dir = tmp_path / "ranks"
+    out_dir.mkdir()
+    report = tmp_path / "perf_hints.json"
+    local = DeviceProfile.preset("cpu-avx2").replace(physical_cores=2, logical_cores=2)
+    cb = RankRecorder(str(out_dir), target="a100", warmup_steps=WARMUP, verbose=False, report_path=str(report),
+                      local=local)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=8, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=str(tmp_path), callbacks=[cb])
+    trainer.fit(TinyModule(), _loader())
+    # ddp_spawn does not send the children's trainer state back: the rank files are the evidence.
+    _check_ranks(out_dir, report, capfd.readouterr().err)
+    records = json.loads((out_dir / "rank0.json").read_text())
+    assert records["strategy"] == "ddp_spawn"
+
+
+DDP_SCRIPT = """
+import sys
+sys.path.insert(0, {tests_dir!r})
+import lightning.pytorch as pl
+from perfcallbacks import DeviceProfile
+from test_lightning_ddp import RankRecorder, TinyModule, _loader, WARMUP
+
+local = DeviceProfile.preset("cpu-avx2").replace(physical_cores=2, logical_cores=2)
+cb = RankRecorder({out_dir!r}, target="a100", warmup_steps=WARMUP, verbose=False, report_path={report!r},
+                  local=local)
+trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=8, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     default_root_dir={root!r}, callbacks=[cb])
+trainer.fit(TinyModule(), _loader())
+"""
+
+
+@pytest.mark.slow
+def test_ddp_subprocess_two_cpu_ranks(tmp_path):
+    """strategy="ddp" re-launches the script per rank, so it runs from a script, as users run it."""
+    out_dir = tmp_path / "ranks"
+    out_dir.mkdir()
+    report = tmp_path / "perf_hints.json"
+    script = tmp_path / "train_ddp.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT.format(
+        tests_dir=str(Path(__file__).parent), out_dir=str(out_dir), report=str(report), root=str(tmp_path))))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK"))}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_ranks(out_dir, report, proc.stderr)
+    assert json.loads((out_dir / "rank0.json").read_text())["strategy"] == "ddp"
