@@ -33,7 +33,10 @@ PIN_WAIT_SHARE = 0.10
 
 
 def data_wait_ratio(ctx: RunContext) -> tuple[float, float, float] | None:
-    """(mean wait s, mean step s, wait/step) or ``None`` without enough timed steps.
+    """(mean wait s, mean compute s, wait share of the whole step) or ``None`` without enough timed steps.
+
+    The whole step is wait + compute: a share of 0.5 means half of every
+    iteration is spent waiting for the next batch.
 
     Means, not medians: with workers the wait is bimodal (one batch in N waits),
     and throughput follows the mean.
@@ -44,7 +47,7 @@ def data_wait_ratio(ctx: RunContext) -> tuple[float, float, float] | None:
     wait, step = statistics.fmean(waits), statistics.fmean(steps)
     if step <= 0:
         return None
-    return wait, step, wait / step
+    return wait, step, wait / (wait + step)
 
 
 def suggested_workers(ctx: RunContext, wait: float, step: float) -> tuple[int, int]:
@@ -84,7 +87,7 @@ def dataloader_bottleneck(ctx: RunContext) -> Hint | None:
     return REGISTRY["dataloader-bottleneck"].make(
         ctx.phase,
         f"Each step waits {wait * 1e3:.1f} ms for data against {step * 1e3:.1f} ms of compute "
-        f"({ratio:.0%} of the step time) with num_workers={current}.",
+        f"({ratio:.0%} of each step is waiting) with num_workers={current}.",
         fix,
         evidence={"data_wait_ms": round(wait * 1e3, 3), "step_ms": round(step * 1e3, 3),
                   "wait_share_of_step": round(ratio, 4), "steps_timed": len(ctx.step_times),
