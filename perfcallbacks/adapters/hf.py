@@ -1,0 +1,735 @@
+"""HuggingFace ``Trainer`` adapter: :class:`HFPerfHints`, a ``transformers.TrainerCallback``.
+
+The Trainer hands callbacks ``args, state, control`` plus ``model``,
+``train_dataloader``, ``processing_class`` ... in ``**kwargs`` but never the
+batch. So the adapter:
+
+* reads the static picture (``TrainingArguments``, collator, tokenizer, model,
+  device) into the Advisor's :class:`~perfcallbacks.context.RunContext` at
+  ``on_train_begin`` and runs the ``setup`` checks;
+* sees batches through one forward pre-hook on the model (:class:`_ForwardRouter`)
+  that routes training forwards (train mode, autograd on) to the warm-up
+  statistics and evaluation/predict forwards to the inference statistics;
+* times optimizer steps between ``on_step_begin`` and ``on_step_end``;
+* runs the inference probes once, at the end of the first evaluate/predict loop,
+  on a captured real batch.
+
+After ``warmup_steps`` the step hooks return at once and the pre-hook removes
+itself as soon as it has nothing left to observe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from perfcallbacks.adapters._optional import require
+from perfcallbacks.adapters.common import default_report_path, hint_count_metrics, run_inference_fixes
+
+transformers = require("transformers", "hf", "transformers")
+from transformers import TrainerCallback  # noqa: E402
+
+from perfcallbacks.advisor import INFERENCE_BATCHES_OBSERVED, Advisor, validate_common_args  # noqa: E402
+from perfcallbacks.device import DeviceProfile  # noqa: E402
+from perfcallbacks.report import FixResult  # noqa: E402
+
+log = logging.getLogger("perfcallbacks")
+
+# Name of the int8 artifact written inside checkpoint-<step>/ (never over model.safetensors).
+INT8_ARTIFACT_NAME = "model.int8.pt"
+# Keys dropped from captured batches: the probes measure inference, not the loss.
+_LABEL_KEYS = ("labels", "label", "label_ids", "return_loss")
+
+
+# -- pure helpers (tests call these directly) -------------------------------------------------
+def unwrap_collator(collate_fn: Any) -> Any:
+    """The user's collator behind the Trainer's ``RemoveColumnsCollator`` wrapper (if any)."""
+    seen = 0
+    while collate_fn is not None and hasattr(collate_fn, "data_collator") and seen < 4:
+        collate_fn = collate_fn.data_collator
+        seen += 1
+    return collate_fn
+
+
+def qualified_name(obj: Any) -> str | None:
+    """``module.QualName`` of a class, an instance or a plain function; ``None`` for ``None``."""
+    if obj is None:
+        return None
+    if isinstance(obj, functools.partial):
+        obj = obj.func
+    if isinstance(obj, type) or getattr(type(obj), "__name__", "") == "function":
+        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+    cls = type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def hf_precision(args: Any) -> str | None:
+    """``"fp16"`` / ``"bf16"`` when the Trainer runs mixed precision, else ``None``."""
+    if getattr(args, "fp16", False):
+        return "fp16"
+    if getattr(args, "bf16", False):
+        return "bf16"
+    return None
+
+
+def sampling_strategy(args: Any) -> str:
+    """The training sampler: ``train_sampling_strategy`` (transformers 5.x) or ``group_by_length`` (4.x)."""
+    strategy = getattr(args, "train_sampling_strategy", None)
+    if isinstance(strategy, str):
+        return strategy
+    return "group_by_length" if getattr(args, "group_by_length", False) else "random"
+
+
+def group_by_length_fix(args: Any = None) -> str:
+    """The ``TrainingArguments`` snippet that turns on length grouping in the installed transformers."""
+    if args is not None and hasattr(args, "train_sampling_strategy"):
+        return 'TrainingArguments(train_sampling_strategy="group_by_length")'
+    if args is None and "train_sampling_strategy" in getattr(transformers.TrainingArguments,
+                                                             "__dataclass_fields__", {}):
+        return 'TrainingArguments(train_sampling_strategy="group_by_length")'
+    return "TrainingArguments(group_by_length=True)"
+
+
+def task_of(model: Any) -> str | None:
+    """A coarse task name from the model class (``BertForSequenceClassification`` -> ``sequence-classification``)."""
+    name = type(model).__name__ if model is not None else ""
+    for suffix, task in (("ForSequenceClassification", "sequence-classification"),
+                         ("ForTokenClassification", "token-classification"),
+                         ("ForQuestionAnswering", "question-answering"),
+                         ("ForCausalLM", "causal-lm"), ("ForMaskedLM", "masked-lm"),
+                         ("ForConditionalGeneration", "seq2seq")):
+        if name.endswith(suffix):
+            return task
+    return None
+
+
+def find_tokenizer(processing_class: Any, collator: Any = None) -> Any:
+    """The tokenizer behind ``processing_class`` (tokenizer or processor) or the collator."""
+    for candidate in (processing_class, getattr(processing_class, "tokenizer", None),
+                      getattr(collator, "tokenizer", None)):
+        if candidate is not None and hasattr(candidate, "pad_token_id"):
+            return candidate
+    return None
+
+
+def pad_token_id(tokenizer: Any, model: Any = None) -> int | None:
+    for source in (tokenizer, getattr(model, "config", None)):
+        value = getattr(source, "pad_token_id", None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def hf_settings(args: Any, collator: Any, tokenizer: Any, model: Any) -> dict[str, Any]:
+    """The framework-specific facts checks read from ``ctx.settings`` (plain values only)."""
+    settings: dict[str, Any] = {
+        "collator": qualified_name(collator),
+        "pad_to_multiple_of": getattr(collator, "pad_to_multiple_of", None),
+        "collator_padding": _jsonable_padding(getattr(collator, "padding", None)),
+        "sampling_strategy": sampling_strategy(args),
+        "group_by_length_fix": group_by_length_fix(args),
+        "grad_accumulation": int(getattr(args, "gradient_accumulation_steps", 1) or 1),
+        "torch_compile": bool(getattr(args, "torch_compile", False)),
+        "transformers_version": transformers.__version__,
+        "task": task_of(model),
+        "per_device_train_batch_size": getattr(args, "per_device_train_batch_size", None),
+        "per_device_eval_batch_size": getattr(args, "per_device_eval_batch_size", None),
+        "dataloader_num_workers": getattr(args, "dataloader_num_workers", 0),
+        "dataloader_pin_memory": getattr(args, "dataloader_pin_memory", None),
+        "fp16": bool(getattr(args, "fp16", False)),
+        "bf16": bool(getattr(args, "bf16", False)),
+        "tf32": getattr(args, "tf32", None),
+    }
+    strategy = collator_padding_strategy(collator)
+    if strategy is not None:
+        settings["tokenizer_padding"] = strategy
+    if tokenizer is not None:
+        settings["tokenizer_padding_side"] = getattr(tokenizer, "padding_side", None)
+        settings["tokenizer_max_length"] = _plain_int(getattr(tokenizer, "model_max_length", None))
+    return settings
+
+
+def collator_padding_strategy(collator: Any) -> str | None:
+    """``"longest"`` / ``"max_length"`` / ``"do_not_pad"`` for HF padding collators, ``None`` when unknown."""
+    if collator is None or not hasattr(collator, "padding") or not hasattr(collator, "tokenizer"):
+        return None
+    padding = collator.padding
+    if padding is True:
+        return "longest"
+    if padding is False:
+        return "do_not_pad"
+    value = str(getattr(padding, "value", padding))
+    return value if value in ("longest", "max_length", "do_not_pad") else None
+
+
+def _jsonable_padding(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, str, int)):
+        return value
+    return str(getattr(value, "value", value))
+
+
+def _plain_int(value: Any) -> int | None:
+    # Tokenizers without a limit report a huge sentinel (1e30): not a useful number.
+    return int(value) if isinstance(value, int) and value < 10**9 else None
+
+
+def run_layout(args: Any) -> dict[str, Any]:
+    """Processes and devices of the run, from ``TrainingArguments`` and the launcher's environment."""
+    parallel = getattr(getattr(args, "parallel_mode", None), "value", str(getattr(args, "parallel_mode", "")))
+    local_rank = getattr(args, "local_rank", -1)
+    distributed = parallel == "distributed" or (isinstance(local_rank, int) and local_rank != -1)
+    world = int(getattr(args, "world_size", 1) or 1)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world if distributed else 1) or 1)
+    strategy = None
+    if distributed:
+        strategy = "fsdp" if getattr(args, "fsdp", None) else "deepspeed" if getattr(args, "deepspeed", None) else "ddp"
+    elif parallel == "not_distributed":
+        strategy = "dp"  # torch.nn.DataParallel over several GPUs of one process
+    return {"distributed": distributed, "world_size": world, "local_world_size": max(1, local_world),
+            "strategy": strategy, "n_gpu": int(getattr(args, "n_gpu", 0) or 0)}
+
+
+def snapshot_batch(batch: Any) -> Any:
+    """A detached copy of a forward's inputs without labels (so probes run pure inference)."""
+    if isinstance(batch, Mapping):
+        return {k: _detach(v) for k, v in batch.items() if k not in _LABEL_KEYS and v is not None}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_detach(v) for v in batch) if isinstance(batch, tuple) else [_detach(v) for v in batch]
+    return _detach(batch)
+
+
+def _detach(value: Any) -> Any:
+    return value.detach().clone() if isinstance(value, torch.Tensor) else value
+
+
+# -- the forward pre-hook -----------------------------------------------------------------------
+class _ForwardRouter:
+    """One forward pre-hook that feeds training and inference observations to the Advisor.
+
+    A training forward (model in train mode, autograd on) goes to the warm-up
+    statistics; anything else (evaluate / predict) to the inference statistics,
+    and the first inference batch is kept for the probes. Evaluation inside the
+    warm-up therefore never pollutes the training statistics. The hook removes
+    itself once both sides have seen enough.
+    """
+
+    def __init__(self, owner: HFPerfHints, model: nn.Module, train_limit: int) -> None:
+        self.owner = owner
+        self.train_limit = max(0, train_limit)
+        self.train_calls = 0
+        self.inference_calls = 0
+        self.model = model
+        self.handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
+
+    def _hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        owner = self.owner
+        advisor = owner._advisor
+        training = module.training and torch.is_grad_enabled()
+        if advisor is None or owner._measuring or (
+                training and (advisor.warmup_done or self.train_calls >= self.train_limit)):
+            return  # fast path: nothing left to observe on this side
+        start = time.perf_counter()
+        try:
+            batch = kwargs if kwargs else args
+            if training:
+                self.train_calls += 1
+                advisor.observe_batch(batch)
+                if owner._train_batch is None and owner.auto_apply:
+                    owner._train_batch = snapshot_batch(batch)
+            elif self.inference_calls < INFERENCE_BATCHES_OBSERVED:
+                self.inference_calls += 1
+                advisor.observe_batch(batch, inference=True)
+                advisor.observe_inference_call(module)
+                if owner._inference_batch is None:
+                    owner._inference_batch = snapshot_batch(batch)
+        except Exception:  # principle 1: never break the user's forward
+            log.debug("perfcallbacks: HF batch observation failed", exc_info=True)
+        finally:
+            advisor.overhead_s += time.perf_counter() - start
+        if self.done:
+            self.detach()
+
+    @property
+    def done(self) -> bool:
+        advisor = self.owner._advisor
+        train_done = self.train_calls >= self.train_limit or advisor is None or advisor.warmup_done
+        return train_done and self.inference_calls >= INFERENCE_BATCHES_OBSERVED
+
+    def detach(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+    @property
+    def attached(self) -> bool:
+        return self.handle is not None
+
+
+def _safe(event: Callable[..., Any]) -> Callable[..., None]:
+    """Principle 1 for every Trainer event: internal errors are logged at DEBUG and swallowed.
+
+    The time spent is added to the advisor's ``overhead_s`` once (nested
+    ``Advisor.timed`` blocks are not counted twice).
+    """
+
+    @functools.wraps(event)
+    def wrapper(self: HFPerfHints, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        start = time.perf_counter()
+        before = self._advisor.overhead_s if self._advisor is not None else None
+        try:
+            event(self, args, state, control, **kwargs)
+        except Exception:
+            log.debug("perfcallbacks: HFPerfHints.%s failed", event.__name__, exc_info=True)
+        finally:
+            if self._advisor is not None:
+                elapsed = time.perf_counter() - start
+                base = before if before is not None else 0.0
+                self._advisor.overhead_s = max(self._advisor.overhead_s, base + elapsed)
+        return None  # never change control
+
+    return wrapper
+
+
+# -- the callback -----------------------------------------------------------------------------
+class HFPerfHints(TrainerCallback):
+    """Measured performance hints (and guarded fixes) for the HuggingFace ``Trainer``.
+
+    Reads ``TrainingArguments``, the collator, the tokenizer and the model at
+    train begin, observes the first ``warmup_steps`` optimizer steps and the
+    first evaluate/predict loop, then goes quiet. Hints are warned once each
+    (``PerfHintWarning``, rank zero only), counted into the Trainer's logs
+    (``perf_hints/count``, ``perf_hints/warning`` ...) and written to
+    ``<output_dir>/perf_hints.json`` at train end, evaluate and predict.
+
+    Args:
+        auto_apply: apply the guarded fixes: intra-op threads capped to the
+            cores at train begin; at train end on CPU a measured int8 copy of
+            the model (never swapped into the Trainer: get it from
+            :meth:`quantized_for_inference`); on accelerators a measured
+            autocast for inference (:meth:`inference_autocast`); on every
+            checkpoint an int8 artifact ``model.int8.pt`` written *inside*
+            ``checkpoint-<step>/`` beside the untouched fp32 weights.
+        warmup_steps: optimizer steps observed before the advisor goes quiet.
+        target: preset name (``"a100"``, ...) or :class:`DeviceProfile` to judge the
+            run as if it ran there; ``None`` = the device in use.
+        suppress: hint ids never to emit (a typo raises ``ValueError``).
+        report_path: JSON report path; ``None`` = ``<output_dir>/perf_hints.json``.
+        latency_budget_ms: per-batch latency budget for inference batch-size advice.
+        verbose: print the summary table at the end of warm-up and at train end.
+
+    Raises:
+        ValueError / TypeError: for bad arguments, naming the argument.
+
+    Data wait is approximate: the Trainer prefetches the micro-batches of one
+    optimizer step before ``on_step_begin``, so the gap between one step's end
+    and the next step's begin is loading (plus logging); gaps that contain an
+    evaluation, a checkpoint save or an epoch boundary are dropped.
+
+    Example::
+
+        from transformers import Trainer, TrainingArguments
+        from perfcallbacks import HFPerfHints
+
+        hints = HFPerfHints(target="a100")
+        trainer = Trainer(model=model, args=TrainingArguments(output_dir="out", report_to="none"),
+                          train_dataset=train_ds, data_collator=collator, callbacks=[hints])
+        trainer.train()          # warns once per hint, writes out/perf_hints.json
+        print(hints.report.render())
+    """
+
+    def __init__(
+        self,
+        auto_apply: bool = False,
+        warmup_steps: int = 20,
+        target: str | DeviceProfile | None = None,
+        suppress: Iterable[str] = (),
+        report_path: str | Path | None = None,
+        latency_budget_ms: float | None = None,
+        verbose: bool = True,
+    ) -> None:
+        validate_common_args(warmup_steps=warmup_steps, target=target, suppress=suppress,
+                             report_path=report_path, latency_budget_ms=latency_budget_ms,
+                             auto_apply=auto_apply, verbose=verbose)
+        self.auto_apply = auto_apply
+        self.warmup_steps = int(warmup_steps)
+        self.target = target
+        self.suppress = tuple(suppress)
+        self.report_path = report_path
+        self.latency_budget_ms = latency_budget_ms
+        self.verbose = verbose
+        self._reset_runtime()
+
+    def _reset_runtime(self) -> None:
+        self._advisor: Advisor | None = None
+        self._router: _ForwardRouter | None = None
+        self._model: nn.Module | None = None
+        self._train_batch: Any = None
+        self._inference_batch: Any = None
+        self._probed = False
+        self._measuring = False  # our own probes / fixes run the model: do not observe those forwards
+        self._train_begun = False
+        self._quiet = False  # warm-up over: step hooks return at once
+        self._warmup_signature: tuple | None = None
+        self._report_file: Path | None = None
+        self._quantized: nn.Module | None = None
+        self._autocast_factory: Callable[[], Any] | None = None
+        self._int8_artifacts: list[dict[str, Any]] = []
+        self._local: DeviceProfile | None = None  # tests inject a profile here (hardware faked at the probe)
+
+    # -- pickling (DDP spawn, deepcopy of callbacks): only the configuration travels --------
+    def __getstate__(self) -> dict[str, Any]:
+        keys = ("auto_apply", "warmup_steps", "target", "suppress", "report_path", "latency_budget_ms", "verbose")
+        return {k: self.__dict__[k] for k in keys}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reset_runtime()
+
+    def __repr__(self) -> str:
+        return (f"HFPerfHints(auto_apply={self.auto_apply}, warmup_steps={self.warmup_steps}, "
+                f"target={self.target!r}, suppress={list(self.suppress)!r}, report_path={self.report_path!r}, "
+                f"latency_budget_ms={self.latency_budget_ms!r}, verbose={self.verbose})")
+
+    # -- public results ------------------------------------------------------------------------
+    @property
+    def advisor(self) -> Advisor | None:
+        """The :class:`Advisor` behind this callback (``None`` before the Trainer's first event)."""
+        return self._advisor
+
+    @property
+    def report(self) -> Any:
+        """The current :class:`~perfcallbacks.report.Report` (empty before training starts)."""
+        return self._ensure_advisor().report
+
+    def quantized_for_inference(self) -> nn.Module | None:
+        """The int8 model kept by the guarded ``dynamic-quantization`` fix (``auto_apply=True``, CPU).
+
+        A new module: the Trainer's model and every saved checkpoint stay fp32.
+        ``None`` when the fix did not run or was rejected (see the report's ``fixes``).
+
+        Example::
+
+            trainer.train()
+            int8 = hints.quantized_for_inference()
+            if int8 is not None:
+                logits = int8(**batch).logits
+        """
+        return self._quantized
+
+    @property
+    def int8_exports(self) -> list[dict[str, Any]]:
+        """One record per int8 artifact written into a checkpoint (status, path, sizes, fidelity)."""
+        return list(self._int8_artifacts)
+
+    def inference_autocast(self) -> Callable[[], Any] | None:
+        """A context-manager factory for the measured inference autocast (accelerators), or ``None``."""
+        return self._autocast_factory
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _ensure_advisor(self) -> Advisor:
+        if self._advisor is None:
+            self._advisor = Advisor(target=self.target, suppress=self.suppress, warmup_steps=self.warmup_steps,
+                                    auto_apply=self.auto_apply, latency_budget_ms=self.latency_budget_ms,
+                                    report_path=self.report_path, verbose=self.verbose, framework="hf",
+                                    local=self._local)
+            self._advisor.context.framework_version = transformers.__version__
+        return self._advisor
+
+    def _bind(self, args: Any, state: Any, model: Any) -> Advisor:
+        advisor = self._ensure_advisor()
+        advisor.is_rank_zero = bool(getattr(state, "is_world_process_zero", True))
+        if self._report_file is None:
+            self._report_file = default_report_path(self.report_path, getattr(args, "output_dir", None))
+        if isinstance(model, nn.Module) and model is not self._model:
+            self._model = model
+            advisor.set_model(model)
+        return advisor
+
+    def _attach_router(self, args: Any, train_limit: int) -> None:
+        if self._model is None or (self._router is not None and self._router.attached):
+            return
+        if getattr(args, "torch_compile", False):
+            return  # a Python pre-hook would break the compiled graph; static checks still run
+        self._router = _ForwardRouter(self, self._model, train_limit)
+
+    @contextlib.contextmanager
+    def _measuring_model(self) -> Iterator[None]:
+        self._measuring = True
+        try:
+            yield
+        finally:
+            self._measuring = False
+
+    @_safe
+    def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._bind(args, state, kwargs.get("model"))
+        # Attached now so a trainer.evaluate()/predict() without training is observed from batch one.
+        self._attach_router(args, train_limit=0)
+
+    @_safe
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        advisor = self._bind(args, state, kwargs.get("model"))
+        self._train_begun = True
+        self._fill_context(advisor, args, kwargs)
+        if self.auto_apply:
+            self._cap_threads(advisor)
+        advisor.capture_threads()
+        advisor.run_checks("setup")
+        if self.warmup_steps == 0:
+            self._finish_warmup(advisor, quiet=True)
+        # Training limit: warm-up optimizer steps x micro-batches per step.
+        limit = self.warmup_steps * max(1, int(getattr(args, "gradient_accumulation_steps", 1) or 1))
+        if self._router is not None:
+            self._router.train_limit = limit
+        self._attach_router(args, train_limit=limit)
+        _move_ahead_of_reporters(self)
+
+    def _fill_context(self, advisor: Advisor, args: Any, kwargs: dict[str, Any]) -> None:
+        ctx = advisor.context
+        loader = kwargs.get("train_dataloader")
+        collator = unwrap_collator(getattr(loader, "collate_fn", None))
+        tokenizer = find_tokenizer(kwargs.get("processing_class"), collator)
+        layout = run_layout(args)
+        ctx.precision = hf_precision(args)
+        ctx.autocast_dtype = ctx.precision  # the Trainer's mixed precision is autocast
+        ctx.distributed = layout["distributed"]
+        ctx.world_size = layout["world_size"]
+        ctx.local_world_size = layout["local_world_size"]
+        ctx.strategy = layout["strategy"]
+        if ctx.model_device != "cpu":
+            ctx.devices_used = layout["world_size"] if ctx.distributed else max(1, layout["n_gpu"])
+        ctx.pad_token_id = pad_token_id(tokenizer, self._model)
+        ctx.settings.update(hf_settings(args, collator, tokenizer, self._model))
+        if loader is not None:
+            advisor.set_loader(loader)
+            info = ctx.loader
+            if info is not None:
+                # accelerate's DataLoaderShard hides batch_size behind a batch sampler.
+                info.batch_size = info.batch_size or getattr(args, "per_device_train_batch_size", None)
+                info.collate_fn = ctx.settings["collator"]
+
+    def _cap_threads(self, advisor: Advisor) -> None:
+        """``threads`` fix at train begin: never more intra-op threads than this process's share of cores."""
+        from perfcallbacks.fixes import training_thread_cap
+
+        ctx = advisor.context
+        if ctx.model_device != "cpu":
+            return
+        cores = ctx.local.physical_cores or os.cpu_count() or 1
+        cap = training_thread_cap(int(cores), int(ctx.local_world_size))
+        current = torch.get_num_threads()
+        if current > cap:
+            torch.set_num_threads(cap)
+            advisor.record_fix(FixResult("threads", "applied",
+                                         f"intra-op threads {current} -> {cap}: {ctx.local_world_size} local "
+                                         f"process(es) share {cores} physical cores",
+                                         details={"previous": current, "best": cap, "physical_cores": cores,
+                                                  "local_processes": ctx.local_world_size}))
+        else:
+            advisor.record_fix(FixResult("threads", "skipped",
+                                         f"{current} intra-op threads already fit {cores} cores / "
+                                         f"{ctx.local_world_size} process(es)",
+                                         details={"previous": current, "cap": cap}))
+
+    # -- warm-up -------------------------------------------------------------------------------
+    @_safe
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._quiet or self._advisor is None:
+            return
+        self._advisor.step_begin()
+
+    @_safe
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._quiet or self._advisor is None:
+            return
+        self._advisor.step_end()
+        if self._advisor.warmup_done:
+            self._quiet = True
+            report = self._advisor.report  # what the warm-up table just showed
+            self._warmup_signature = (tuple(report.hint_ids), tuple((f.id, f.status) for f in report.fixes))
+
+    def _finish_warmup(self, advisor: Advisor, quiet: bool) -> None:
+        """Finish the warm-up (e.g. at train end when max_steps < warmup_steps), printing nothing if ``quiet``."""
+        if not advisor.warmup_done:
+            verbose, advisor.verbose = advisor.verbose, advisor.verbose and not quiet
+            try:
+                advisor.finish_warmup()
+            finally:
+                advisor.verbose = verbose
+        self._quiet = True
+
+    def _drop_gap(self) -> None:
+        # The next data-wait gap would contain an evaluation / save / epoch boundary, not loading.
+        if self._advisor is not None and not self._quiet:
+            self._advisor.timer.reset_gap()
+
+    @_safe
+    def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._drop_gap()
+
+    @_safe
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._drop_gap()
+
+    # -- evaluate / predict --------------------------------------------------------------------
+    @_safe
+    def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._router is not None and self._router.attached:
+            return
+        if self._advisor is not None and self._advisor.context.inference.calls >= INFERENCE_BATCHES_OBSERVED:
+            return
+        # Callback added after the Trainer was built: attach now (the first batch is missed).
+        self._bind(args, state, kwargs.get("model"))
+        self._attach_router(args, train_limit=0)
+
+    @_safe
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._inference_end(args, state, kwargs, "validate")
+        self._drop_gap()
+
+    @_safe
+    def on_predict(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._inference_end(args, state, kwargs, "predict")
+
+    def _inference_end(self, args: Any, state: Any, kwargs: dict[str, Any], stage: str) -> None:
+        advisor = self._bind(args, state, kwargs.get("model"))
+        if not self._train_begun and not advisor.context.settings:
+            self._fill_context(advisor, args, kwargs)  # evaluate()/predict() without train()
+            advisor.run_checks("setup")
+        advisor.context.inference.stage = stage
+        model = self._model
+        if not self._probed and self._inference_batch is not None and model is not None and advisor.is_rank_zero:
+            self._probed = True
+            with self._measuring_model():
+                advisor.probe_inference(model, self._inference_batch)
+        else:
+            advisor.run_checks("inference")
+        self._write_report(advisor)
+
+    # -- train end, save, log ------------------------------------------------------------------
+    @_safe
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        advisor = self._bind(args, state, kwargs.get("model"))
+        self._finish_warmup(advisor, quiet=True)
+        if self.auto_apply and advisor.is_rank_zero:
+            self._inference_fixes(advisor)
+        self._write_report(advisor)
+        if self.verbose and advisor.is_rank_zero and self._summary_changed(advisor):
+            print(advisor.summary())
+
+    def _summary_changed(self, advisor: Advisor) -> bool:
+        """False when the warm-up table already showed exactly these hints and fixes (no duplicate print)."""
+        report = advisor.report
+        signature = (tuple(report.hint_ids), tuple((f.id, f.status) for f in report.fixes))
+        if self._warmup_signature == signature:
+            return False
+        return True
+
+    def _inference_fixes(self, advisor: Advisor) -> None:
+        """Post-train inference fixes, measured on a real batch; the Trainer's model is left as is."""
+        model = self._model
+        batch = self._inference_batch if self._inference_batch is not None else self._train_batch
+        if model is None or batch is None:
+            advisor.record_fix(FixResult("dynamic-quantization", "skipped",
+                                         "no real batch was observed to measure the fix on"))
+            return
+        cores = advisor.context.local.physical_cores or os.cpu_count() or 1
+        # stage "predict": threads + int8 on CPU, autocast on accelerators (shared with Lightning).
+        with self._measuring_model():
+            results, amp_factory, int8_model = run_inference_fixes(
+                advisor, model, batch, stage="predict", physical_cores=int(cores),
+                local_processes=int(advisor.context.local_world_size))
+        self._autocast_factory = amp_factory
+        self._quantized = int8_model
+        for result in results:
+            if result.id == "dynamic-quantization" and result.applied:
+                result.reason += "; get it from HFPerfHints.quantized_for_inference() (the Trainer's model stays fp32)"
+
+    @_safe
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._drop_gap()
+        advisor = self._advisor
+        if not self.auto_apply or advisor is None or not advisor.is_rank_zero or self._model is None:
+            return
+        batch = self._train_batch if self._train_batch is not None else self._inference_batch
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if batch is None or not folder.is_dir():
+            return
+        self._export_int8(advisor, folder, batch)
+
+    def _export_int8(self, advisor: Advisor, folder: Path, batch: Any) -> None:
+        """The export hook: an int8 artifact inside the checkpoint folder, beside the fp32 weights."""
+        from perfcallbacks import fixes
+
+        model = self._model
+        was_training = model.training
+        try:
+            with self._measuring_model():
+                result = fixes.quantize_for_export(model, folder / INT8_ARTIFACT_NAME, example_inputs=batch,
+                                                   fp32_path=folder / "model.safetensors")
+        finally:
+            model.train(was_training)
+        data = _as_dict(result)
+        data["checkpoint"] = folder.name
+        self._int8_artifacts.append(data)
+        advisor.context.measurements["int8_export"] = data
+
+    @_safe
+    def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        logs = kwargs.get("logs")
+        advisor = self._advisor
+        if advisor is None or not isinstance(logs, dict) or not advisor.is_rank_zero:
+            return
+        if not advisor.hints and not self._train_begun:
+            return
+        logs.update(hint_count_metrics(advisor.report))
+
+    def _write_report(self, advisor: Advisor) -> None:
+        if self._report_file is not None:
+            advisor.write_report(self._report_file)
+
+
+def _as_dict(result: Any) -> dict[str, Any]:
+    if isinstance(result, Mapping):
+        return dict(result)
+    to_dict = getattr(result, "to_dict", None)
+    if callable(to_dict):
+        return dict(to_dict())
+    fields = getattr(result, "__dataclass_fields__", None)
+    if fields:
+        return {name: getattr(result, name) for name in fields}
+    return {"result": repr(result)}
+
+
+def _move_ahead_of_reporters(callback: HFPerfHints) -> None:
+    """Put ``callback`` ahead of the ``report_to`` integrations so its ``on_log`` counts reach them.
+
+    The Trainer appends user callbacks after its tracker callbacks and gives
+    callbacks no handle on the Trainer, so the handler is found on the calling
+    frame. Moving an element *backwards* in the list being iterated is safe: the
+    elements after it keep their positions.
+    """
+    from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
+
+    frame = sys._getframe(1)
+    for _ in range(8):
+        if frame is None:
+            return
+        handler = frame.f_locals.get("self")
+        if isinstance(handler, CallbackHandler) and callback in handler.callbacks:
+            callbacks = handler.callbacks
+            callbacks.remove(callback)
+            index = next((i + 1 for i, cb in enumerate(callbacks) if isinstance(cb, DefaultFlowCallback)), 0)
+            callbacks.insert(index, callback)
+            return
+        frame = frame.f_back

@@ -1,0 +1,54 @@
+"""HFPerfHints in a real 2-process CPU DDP run (torch.distributed.run, gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+SCRIPT = Path(__file__).parent / "mp_scripts" / "hf_ddp_train.py"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:  # --master_port 0 hangs the static rendezvous: pick one
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_trainer_run_writes_one_report_and_warns_once(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           str(SCRIPT), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    records = {r["rank"]: r for r in (json.loads(p.read_text()) for p in out.glob("warnings-rank*.json"))}
+    assert sorted(records) == [0, 1]
+    for record in records.values():
+        assert record["steps"] == 4 and record["world_size"] == 2 and record["distributed"]
+        assert record["local_world_size"] == 2
+        assert "tensor-cores-idle" in record["hints"]  # both ranks analyse ...
+    assert records[0]["is_rank_zero"] and not records[1]["is_rank_zero"]
+    # ... only rank zero warns, and once per hint id
+    assert records[1]["warned"] == []
+    counts = Counter(records[0]["warned"])
+    assert counts["tensor-cores-idle"] == 1 and max(counts.values()) == 1
+    # 2 processes x 2 threads on this machine's cores is the textbook oversubscription
+    if (os.cpu_count() or 1) <= 2:
+        assert "cpu-oversubscribed" in records[0]["hints"]
+
+    reports = list(out.rglob("perf_hints*.json"))
+    assert [p.name for p in reports] == ["perf_hints.json"]  # one report: rank zero only
+    data = json.loads(reports[0].read_text())
+    assert data["framework"] == "hf" and "tensor-cores-idle" in [h["id"] for h in data["hints"]]
