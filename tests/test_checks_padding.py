@@ -149,3 +149,13 @@ def test_static_padding_needs_two_batches(cpu_profile):
     adv = _adv(_batches(_lengths(32), 32, padded=128), local=cpu_profile)
     adv.run_checks("warmup")
     assert "static-padding" not in adv.hints
+
+
+def test_static_batches_behind_a_dynamic_collator_still_get_the_tokenize_fix(cpu_profile):
+    # Data tokenized with padding="max_length" and then collated by DataCollatorWithPadding:
+    # the collator name says dynamic, the observed shapes say static. The shapes win.
+    adv = _adv(_batches(_lengths(320), 32, padded=128), local=cpu_profile, framework="hf",
+               settings={"collator": "transformers.data.data_collator.DataCollatorWithPadding"})
+    adv.run_checks("warmup")
+    assert "DataCollatorWithPadding" in adv.hints["padding-waste"].fix
+    assert "without padding" in adv.hints["padding-waste"].fix or "padding=False" in adv.hints["padding-waste"].fix

@@ -158,7 +158,14 @@ def _collator_snippet(ctx: RunContext) -> str:
     return f"DataCollatorWithPadding(tokenizer{multiple})"
 
 
-def _is_dynamic(ctx: RunContext) -> bool:
+def _is_dynamic(ctx: RunContext, batches: Sequence[BatchStats] = ()) -> bool:
+    """Whether batches are already padded per batch. The observed shapes win over the
+    configuration: data tokenized with ``padding="max_length"`` stays static even
+    behind a ``DataCollatorWithPadding``."""
+    padded = {b.seq_len for b in batches if b.seq_len and b.lengths}
+    if len(batches) >= STATIC_MIN_BATCHES and len(padded) == 1 and \
+            max(max(b.lengths) for b in batches if b.lengths) < next(iter(padded)):
+        return False
     collator = str(ctx.settings.get("collator") or (ctx.loader.collate_fn if ctx.loader else "") or "")
     padding = ctx.settings.get("tokenizer_padding")
     return padding != "max_length" and ("WithPadding" in collator or "ForLanguageModeling" in collator
@@ -215,7 +222,7 @@ def padding_waste(ctx: RunContext) -> Hint | None:
     grouped_tokens = grouped_cost([n for b in batches for n in b.lengths], size or 1, None, multiple)
     grouped_share = 1.0 - sum(b.real_tokens or 0 for b in batches) / max(1.0, grouped_tokens)
     group = ctx.phase == "inference" or ctx.settings.get("sampling_strategy") != "group_by_length"
-    fix = padding_fix(ctx, group=group, dynamic=not _is_dynamic(ctx))
+    fix = padding_fix(ctx, group=group, dynamic=not _is_dynamic(ctx, batches))
     model_note = "tokens + attention (quadratic)" if hidden else "tokens"
     return REGISTRY["padding-waste"].make(
         ctx.phase,
