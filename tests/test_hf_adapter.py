@@ -445,3 +445,20 @@ def test_summary_not_printed_twice_when_nothing_changed(tmp_path, tokenizer, cap
     cb = HFPerfHints(target="a100", warmup_steps=2, verbose=True)
     train_quietly(make_trainer(tmp_path, tokenizer, cb, max_steps=3))
     assert capsys.readouterr().out.count("tensor-cores-idle") == 1  # warm-up table only
+
+
+@pytest.mark.parametrize("restore_flag", [False, True])
+def test_resumed_run_does_not_repeat_its_hints(tmp_path, tokenizer, restore_flag):
+    first = HFPerfHints(target="a100", warmup_steps=2, verbose=False)
+    trainer = make_trainer(tmp_path, tokenizer, first, save_strategy="steps", save_steps=2)
+    assert "tensor-cores-idle" in warned_ids(trainer.train)
+    saved = json.loads((tmp_path / "out" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert "HFPerfHints" in saved["stateful_callbacks"]
+
+    second = HFPerfHints(target="a100", warmup_steps=2, verbose=False)
+    resumed = make_trainer(tmp_path, tokenizer, second, max_steps=6, save_strategy="no",
+                           restore_callback_states_from_checkpoint=restore_flag)
+    warned = warned_ids(lambda: resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-4")))
+    assert "tensor-cores-idle" not in warned
+    live = next(cb for cb in resumed.callback_handler.callbacks if isinstance(cb, HFPerfHints))
+    assert "tensor-cores-idle" in live.report.hint_ids  # still in the report, just not warned twice

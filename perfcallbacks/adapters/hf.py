@@ -39,6 +39,12 @@ from perfcallbacks.adapters.common import default_report_path, hint_count_metric
 transformers = require("transformers", "hf", "transformers")
 from transformers import TrainerCallback  # noqa: E402
 
+try:  # transformers >= 4.41: callback state saved into trainer_state.json at each checkpoint
+    from transformers.trainer_callback import ExportableState  # noqa: E402
+except ImportError:  # older releases: resume simply re-observes
+    class ExportableState:  # type: ignore[no-redef]
+        pass
+
 from perfcallbacks.advisor import INFERENCE_BATCHES_OBSERVED, Advisor, validate_common_args  # noqa: E402
 from perfcallbacks.device import DeviceProfile  # noqa: E402
 from perfcallbacks.report import FixResult  # noqa: E402
@@ -301,7 +307,7 @@ def _safe(event: Callable[..., Any]) -> Callable[..., None]:
 
 
 # -- the callback -----------------------------------------------------------------------------
-class HFPerfHints(TrainerCallback):
+class HFPerfHints(TrainerCallback, ExportableState):
     """Measured performance hints (and guarded fixes) for the HuggingFace ``Trainer``.
 
     Reads ``TrainingArguments``, the collator, the tokenizer and the model at
@@ -384,6 +390,7 @@ class HFPerfHints(TrainerCallback):
         self._quantized: nn.Module | None = None
         self._autocast_factory: Callable[[], Any] | None = None
         self._int8_artifacts: list[dict[str, Any]] = []
+        self._resume_state: dict[str, Any] | None = None  # set by the Trainer when it restores callbacks
         self._local: DeviceProfile | None = None  # tests inject a profile here (hardware faked at the probe)
 
     # -- pickling (DDP spawn, deepcopy of callbacks): only the configuration travels --------
@@ -394,6 +401,35 @@ class HFPerfHints(TrainerCallback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._reset_runtime()
+
+    # -- resume: hints already reported are not repeated ------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Saved by the Trainer into ``trainer_state.json`` at every checkpoint (``ExportableState``)."""
+        target = self.target
+        if isinstance(target, DeviceProfile):
+            target = target.source.split(":", 1)[1] if target.source.startswith("preset:") else None
+        return {
+            "args": {"auto_apply": self.auto_apply, "warmup_steps": self.warmup_steps, "target": target,
+                     "suppress": list(self.suppress),
+                     "report_path": None if self.report_path is None else str(self.report_path),
+                     "latency_budget_ms": self.latency_budget_ms, "verbose": self.verbose},
+            "attributes": {"_resume_state": self._advisor.state_dict() if self._advisor is not None else None},
+        }
+
+    def _restore(self, advisor: Advisor, state: Any) -> None:
+        """Load the advisor state of a resumed run, whether or not the Trainer restores callbacks
+        (``restore_callback_states_from_checkpoint`` is off by default, but the saved state is
+        always in ``state.stateful_callbacks``)."""
+        saved = getattr(self, "_resume_state", None)
+        if saved is None and getattr(state, "global_step", 0):
+            stored = (getattr(state, "stateful_callbacks", None) or {}).get(type(self).__name__)
+            stored = stored[0] if isinstance(stored, list) and stored else stored
+            if isinstance(stored, dict):
+                saved = (stored.get("attributes") or {}).get("_resume_state")
+        if saved:
+            advisor.load_state_dict(saved)
+            self._quiet = advisor.warmup_done
+        self._resume_state = None
 
     def __repr__(self) -> str:
         return (f"HFPerfHints(auto_apply={self.auto_apply}, warmup_steps={self.warmup_steps}, "
@@ -480,6 +516,7 @@ class HFPerfHints(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         advisor = self._bind(args, state, kwargs.get("model"))
         self._train_begun = True
+        self._restore(advisor, state)
         self._fill_context(advisor, args, kwargs)
         if self.auto_apply:
             self._cap_threads(advisor)
