@@ -119,6 +119,7 @@ class PerfHintCallback(Callback):
         self._stage: str | None = None  # validate / test / predict / fit-validate while one runs
         self._inference_stage: str | None = None  # set while that stage's batches are still observed
         self._fit_val_seen = False
+        self._train_ended = False  # on_train_end ran in this fit (Lightning skips it when nothing trains)
         self._examples = ExampleBatch()
         self._patch: MethodPatch | None = None
         self._swap: ModuleSwap | None = None
@@ -131,8 +132,8 @@ class PerfHintCallback(Callback):
         advisor = state.pop("_advisor", None)
         if advisor is not None:
             state["_pending_state"] = advisor.state_dict()
-        for key in ("_observing", "_stage", "_inference_stage", "_fit_val_seen", "_examples", "_patch", "_swap",
-                    "_call_hook", "_loop_call"):
+        for key in ("_observing", "_stage", "_inference_stage", "_fit_val_seen", "_train_ended", "_examples",
+                    "_patch", "_swap", "_call_hook", "_loop_call"):
             state.pop(key, None)
         return state
 
@@ -185,6 +186,7 @@ class PerfHintCallback(Callback):
         self._advisor.is_rank_zero = trainer.is_global_zero
         if stage == "fit":
             self._fit_val_seen = False
+            self._train_ended = False
 
     def _collect_context(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Advisor:
         """Fill the RunContext from the Trainer (after strategy setup: the model is on its device)."""
@@ -216,7 +218,10 @@ class PerfHintCallback(Callback):
         advisor = self._collect_context(trainer, pl_module)
         if self.auto_apply:
             self._fix_training_threads(advisor)
-        advisor.set_loader(trainer.train_dataloader)
+        try:
+            advisor.set_loader(trainer.train_dataloader)
+        except Exception:  # an unreadable loader costs its own facts, not the setup checks and warm-up
+            log.debug("perfcallbacks: could not read the train dataloader", exc_info=True)
         advisor.capture_threads(advisor.context.local_world_size)
         advisor.run_checks("setup")
         self._observing = not advisor.warmup_done
@@ -293,6 +298,7 @@ class PerfHintCallback(Callback):
 
     @safe_hook
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._train_ended = True
         if self._observing:  # fewer steps than warmup_steps: judge what was seen
             self._finish_warmup(trainer)
         advisor = self._advisor
@@ -309,6 +315,21 @@ class PerfHintCallback(Callback):
             print(advisor.summary())
             if self.report_written:
                 print(f"perfcallbacks report: {self.report_written}")
+
+    @safe_hook
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """A fit with nothing to train (``max_steps=0``, ``limit_train_batches=0``) skips
+        ``on_train_start``/``on_train_end``: still judge the setup and write the report."""
+        if self._train_ended:
+            return
+        self._train_ended = True
+        self._observing = False
+        advisor = self._collect_context(trainer, pl_module)
+        advisor.run_checks("setup")
+        if not advisor.warmup_done:
+            advisor.finish_warmup()  # no collective here: every rank skipped training alike
+        if trainer.is_global_zero:
+            self._write_report(trainer)
 
     # -- validate / test / predict ------------------------------------------------------------
     def _stage_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

@@ -120,6 +120,7 @@ def _check_path(path: str | os.PathLike[str], fp32_path: str | os.PathLike[str] 
     if target.exists() and not _is_ours(target):
         raise ValueError(f"path {str(target)!r} exists and was not written by perfcallbacks: refusing to "
                          "overwrite it (choose another name, e.g. 'model.int8.pt')")
+    target.parent.mkdir(parents=True, exist_ok=True)  # like torch.save callers expect of an output path
     return target
 
 
