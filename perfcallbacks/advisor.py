@@ -47,8 +47,9 @@ def validate_common_args(*, warmup_steps: Any, target: Any, suppress: Any, repor
         if isinstance(latency_budget_ms, bool) or not isinstance(latency_budget_ms, numbers.Real):
             raise TypeError(f"latency_budget_ms must be None or a positive number of milliseconds, "
                             f"got {latency_budget_ms!r}")
-        if not latency_budget_ms > 0:
-            raise ValueError(f"latency_budget_ms must be a positive number of milliseconds, got {latency_budget_ms}")
+        if not 0 < latency_budget_ms < float("inf"):
+            raise ValueError(f"latency_budget_ms must be a positive, finite number of milliseconds, "
+                             f"got {latency_budget_ms}")
     if report_path is not None:
         if not isinstance(report_path, (str, Path)):
             raise TypeError(f"report_path must be None or a file path (str or Path), got {type(report_path).__name__}")

@@ -80,7 +80,10 @@ class LoaderInfo:
         except Exception:
             has_len = False
         collate = getattr(loader, "collate_fn", None)
-        sampler = getattr(loader, "batch_sampler", None) or getattr(loader, "sampler", None)
+        # Not `batch_sampler or sampler`: truthiness calls __len__, which raises for an IterableDataset.
+        sampler = getattr(loader, "batch_sampler", None)
+        if sampler is None:
+            sampler = getattr(loader, "sampler", None)
         return cls(
             batch_size=getattr(loader, "batch_size", None),
             num_workers=int(getattr(loader, "num_workers", 0) or 0),
@@ -192,6 +195,8 @@ def dominant_param_dtype(model: nn.Module | None) -> str | None:
         return None
     counts: dict[torch.dtype, int] = {}
     for param in model.parameters():
+        if isinstance(param, nn.parameter.UninitializedParameter):
+            continue  # lazy modules: no shape (numel() raises) until the first forward
         counts[param.dtype] = counts.get(param.dtype, 0) + param.numel()
     if not counts:
         return None

@@ -484,7 +484,8 @@ class HFPerfHints(TrainerCallback, ExportableState):
     def _bind(self, args: Any, state: Any, model: Any) -> Advisor:
         advisor = self._ensure_advisor()
         advisor.is_rank_zero = bool(getattr(state, "is_world_process_zero", True))
-        if self._report_file is None:
+        if self._report_file is None or self.report_path is None:
+            # Recomputed per Trainer: a callback reused by a second Trainer reports into its output_dir.
             self._report_file = default_report_path(self.report_path, getattr(args, "output_dir", None))
         if isinstance(model, nn.Module) and model is not self._model:
             self._model = model
