@@ -457,3 +457,32 @@ def test_strategy_name_helper():
     assert lightning_adapter.strategy_name(SingleDeviceStrategy("cpu")) == "single_device"
     assert lightning_adapter.strategy_name(DDPStrategy(start_method="spawn")) == "ddp_spawn"
     assert lightning_adapter.strategy_name(DDPStrategy()) == "ddp"
+
+
+def test_auto_apply_exports_int8_beside_the_last_checkpoint(tmp_path, local):
+    cb = make_cb(local, auto_apply=True)
+    model = TinyModule()
+    with torch.no_grad():  # a clear winner per row, so argmax agreement does not hang on near-ties
+        model.layer.bias[0] = 10.0
+    with recorded_hints():
+        trainer(tmp_path, cb, enable_checkpointing=True, max_steps=8).fit(model, loader())
+    ckpts = sorted(tmp_path.rglob("*.ckpt"))
+    assert len(ckpts) == 1
+    artifact = ckpts[0].with_suffix(".int8.pt")
+    export = next(f for f in cb.advisor.fixes if f.id == "export")
+    assert export.status == "applied", export.reason
+    assert export.details["path"] == str(artifact) and artifact.is_file()
+    assert export.fidelity["cosine_mean"] >= 0.99
+    int8 = torch.jit.load(str(artifact))
+    x = torch.randn(4, 32)
+    assert torch.nn.functional.cosine_similarity(int8(x), model(x).detach(), dim=-1).min() > 0.98
+    # the fp32 checkpoint still holds fp32 weights
+    state = torch.load(ckpts[0], weights_only=False)["state_dict"]
+    assert state["layer.weight"].dtype == torch.float32
+
+
+def test_export_needs_a_checkpoint(tmp_path, local):
+    cb = make_cb(local, auto_apply=True)
+    with recorded_hints():
+        trainer(tmp_path, cb).fit(TinyModule(), loader())
+    assert all(f.id != "export" for f in cb.advisor.fixes)

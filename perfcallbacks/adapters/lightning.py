@@ -262,6 +262,8 @@ class PerfHintCallback(Callback):
     def _step_begin(self, batch: Any) -> None:
         if self._advisor is not None:
             self._advisor.step_begin(batch)  # the gap since the last step end is data wait
+            if self.auto_apply:
+                self._examples.offer("fit", batch)  # a real input for the export hook at fit end
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -304,6 +306,8 @@ class PerfHintCallback(Callback):
         advisor = self._advisor
         if advisor is None or not trainer.is_global_zero:
             return
+        if self.auto_apply:
+            self._export_int8(trainer, pl_module, advisor)
         self._write_report(trainer)
         metrics = hint_count_metrics(advisor.report)
         for logger in trainer.loggers:
@@ -315,6 +319,26 @@ class PerfHintCallback(Callback):
             print(advisor.summary())
             if self.report_written:
                 print(f"perfcallbacks report: {self.report_written}")
+
+    def _export_int8(self, trainer: pl.Trainer, pl_module: pl.LightningModule, advisor: Advisor) -> None:
+        """The export hook: an int8 artifact beside the last fp32 checkpoint (never over it)."""
+        checkpoint = trainer.checkpoint_callback
+        fp32 = getattr(checkpoint, "last_model_path", "") or getattr(checkpoint, "best_model_path", "")
+        example = self._examples.get("fit")
+        self._examples.clear("fit")
+        if not fp32 or example is None or not Path(fp32).is_file():
+            return  # no checkpoint written: nothing to export beside
+        from perfcallbacks.fixes import quantize_for_export
+
+        was_training = pl_module.training
+        try:
+            result = quantize_for_export(pl_module, Path(fp32).with_suffix(".int8.pt"), example_inputs=example,
+                                         fp32_path=fp32)
+        finally:
+            pl_module.train(was_training)
+        data = result.to_dict()
+        advisor.record_fix(FixResult("export", data.pop("status"), data.pop("reason"),
+                                     fidelity=data.pop("fidelity"), details=data))
 
     @safe_hook
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -74,7 +74,8 @@ def _inputs(model: nn.Module, example_inputs: Any) -> tuple[list[str] | None, tu
                 if isinstance(v, torch.Tensor) and (names is None or k in names)]
         return keys, tuple(example_inputs[k] for k in keys)
     if isinstance(example_inputs, (tuple, list)) and all(isinstance(v, torch.Tensor) for v in example_inputs):
-        return None, tuple(example_inputs)
+        _, arity = _forward_params(model)  # an (x, y) training batch feeds forward(x): drop the labels
+        return None, tuple(example_inputs)[: max(arity, 1)] if arity is not None else tuple(example_inputs)
     raise TypeError("example_inputs must be a tensor, a tuple/list of tensors or a mapping of tensors "
                     f"(e.g. a tokenizer's BatchEncoding), got {type(example_inputs).__name__}")
 
@@ -215,6 +216,11 @@ def _export(model: nn.Module, target: Path, tmp: Path, keys: list[str] | None, t
                 cand = trial
             else:
                 embedded = []
+    for module in cand.modules():
+        # LightningModule properties (trainer, ...) raise on a detached copy unless they know
+        # TorchScript is looking at them; Lightning's own to_torchscript sets the same flag.
+        if hasattr(type(module), "_jit_is_scripting"):
+            module._jit_is_scripting = True
     with quiet_torch(), warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(_Traceable(cand, keys), cpu_tensors, check_trace=False)
