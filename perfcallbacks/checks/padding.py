@@ -7,8 +7,13 @@ in ``inference``.
 Cost model (:func:`batch_cost`): a transformer spends ``12 h^2`` multiply-adds
 per token and layer in its projections and FFN, plus ``2 L h`` in attention
 (QK^T and AV over a padded length ``L``). So a batch of ``B`` rows padded to
-``L`` costs ``B L (1 + L / 6h)`` units; without a known hidden size ``h`` only
-the linear term is used. The impact of ``padding-waste`` is the cost of the
+``L`` costs ``B L (1 + L / 6h)`` units by FLOP count; without a known hidden
+size ``h`` only the linear term is used. On CPUs eager attention (softmax and
+memory-bound batched matmuls over ``L x L`` per head) costs far more than its
+FLOP share: measured on MiniLM here, a padded token at ``L=128`` costs 1.32x one
+at ``L~28``, which ``1 + L / h`` reproduces (``1 + L / 6h`` predicts 1.04x), so
+CPU runs use divisor 1 and accelerators (fused attention kernels) the FLOP
+count. The impact of ``padding-waste`` is the cost of the
 observed batches over the cost of the same lengths sorted into batches of the
 same size, each padded to its own longest row (what length-grouped dynamic
 padding gives); ``static-padding`` compares against dynamic padding in arrival
@@ -45,11 +50,14 @@ STATIC_MIN_SPEEDUP = 1.0 / (1.0 - 0.25)
 # Fewer batches than this cannot show that the padded length is fixed.
 STATIC_MIN_BATCHES = 2
 # Projections + FFN cost 12 h^2 per token and layer, attention 2 L h: the
-# attention term relative to the linear one is L / (6 h).
+# attention term relative to the linear one is L / (6 h) by FLOP count.
 ATTENTION_RATIO_DIVISOR = 6
+# On CPU, measured (benchmarks/padding.md): the attention term behaves like L / h.
+CPU_ATTENTION_RATIO_DIVISOR = 1
 
 
-def batch_cost(rows: int, padded_len: int, hidden: int | None = None) -> float:
+def batch_cost(rows: int, padded_len: int, hidden: int | None = None,
+               divisor: float = ATTENTION_RATIO_DIVISOR) -> float:
     """Relative compute of ``rows`` rows padded to ``padded_len`` (see the module docstring).
 
     Example::
@@ -59,7 +67,7 @@ def batch_cost(rows: int, padded_len: int, hidden: int | None = None) -> float:
     """
     cost = rows * padded_len
     if hidden:
-        cost *= 1.0 + padded_len / (ATTENTION_RATIO_DIVISOR * hidden)
+        cost *= 1.0 + padded_len / (divisor * hidden)
     return cost
 
 
@@ -70,7 +78,7 @@ def _round_up(value: int, multiple: int | None) -> int:
 
 
 def grouped_cost(lengths: Sequence[int], batch_size: int, hidden: int | None = None,
-                 pad_to_multiple_of: int | None = None) -> float:
+                 pad_to_multiple_of: int | None = None, divisor: float = ATTENTION_RATIO_DIVISOR) -> float:
     """Cost of ``lengths`` sorted into batches of ``batch_size``, each padded to its longest row.
 
     Example::
@@ -84,24 +92,26 @@ def grouped_cost(lengths: Sequence[int], batch_size: int, hidden: int | None = N
     total = 0.0
     for start in range(0, len(ordered), batch_size):
         chunk = ordered[start:start + batch_size]
-        total += batch_cost(len(chunk), _round_up(max(chunk), pad_to_multiple_of), hidden)
+        total += batch_cost(len(chunk), _round_up(max(chunk), pad_to_multiple_of), hidden, divisor)
     return total
 
 
-def observed_cost(batches: Sequence[BatchStats], hidden: int | None = None) -> float:
+def observed_cost(batches: Sequence[BatchStats], hidden: int | None = None,
+                  divisor: float = ATTENTION_RATIO_DIVISOR) -> float:
     """Cost of the batches as they were padded."""
-    return sum(batch_cost(b.batch_size or len(b.lengths), b.seq_len or 0, hidden) for b in batches)
+    return sum(batch_cost(b.batch_size or len(b.lengths), b.seq_len or 0, hidden, divisor) for b in batches)
 
 
 def dynamic_cost(batches: Sequence[BatchStats], hidden: int | None = None,
-                 pad_to_multiple_of: int | None = None) -> float:
+                 pad_to_multiple_of: int | None = None, divisor: float = ATTENTION_RATIO_DIVISOR) -> float:
     """Cost of the same batches, each padded to its own longest row (arrival order kept)."""
-    return sum(batch_cost(len(b.lengths), _round_up(max(b.lengths), pad_to_multiple_of), hidden)
+    return sum(batch_cost(len(b.lengths), _round_up(max(b.lengths), pad_to_multiple_of), hidden, divisor)
                for b in batches if b.lengths)
 
 
 def predicted_grouping_speedup(batches: Sequence[BatchStats], hidden: int | None = None,
-                               batch_size: int | None = None, pad_to_multiple_of: int | None = None) -> float | None:
+                               batch_size: int | None = None, pad_to_multiple_of: int | None = None,
+                               divisor: float = ATTENTION_RATIO_DIVISOR) -> float | None:
     """Predicted speedup of length-grouped dynamic padding over the observed padding.
 
     Example::
@@ -116,8 +126,13 @@ def predicted_grouping_speedup(batches: Sequence[BatchStats], hidden: int | None
         return None
     size = batch_size or typical_batch_size(usable)
     lengths = [n for b in usable for n in b.lengths]
-    fixed = grouped_cost(lengths, size or 1, hidden, pad_to_multiple_of)
-    return round(observed_cost(usable, hidden) / fixed, 2) if fixed else None
+    fixed = grouped_cost(lengths, size or 1, hidden, pad_to_multiple_of, divisor)
+    return round(observed_cost(usable, hidden, divisor) / fixed, 2) if fixed else None
+
+
+def attention_divisor(ctx: RunContext) -> float:
+    """How heavy attention is relative to its FLOP share on the device the run is judged on."""
+    return CPU_ATTENTION_RATIO_DIVISOR if ctx.profile.kind == "cpu" else ATTENTION_RATIO_DIVISOR
 
 
 def pad_fraction(batches: Sequence[BatchStats]) -> float | None:
@@ -216,7 +231,7 @@ def padding_waste(ctx: RunContext) -> Hint | None:
     hidden = hidden_size(ctx.model)
     multiple = ctx.settings.get("pad_to_multiple_of") or (8 if ctx.judged_on_accelerator else None)
     size = typical_batch_size(batches, ctx.loader.batch_size if ctx.loader and ctx.phase != "inference" else None)
-    impact = predicted_grouping_speedup(batches, hidden, size, multiple)
+    impact = predicted_grouping_speedup(batches, hidden, size, multiple, attention_divisor(ctx))
     if impact is None or impact < MIN_PREDICTED_SPEEDUP:
         return None
     grouped_tokens = grouped_cost([n for b in batches for n in b.lengths], size or 1, None, multiple)
@@ -246,10 +261,10 @@ def static_padding(ctx: RunContext) -> Hint | None:
         return None
     hidden = hidden_size(ctx.model)
     multiple = ctx.settings.get("pad_to_multiple_of") or (8 if ctx.judged_on_accelerator else None)
-    dynamic = dynamic_cost(batches, hidden, multiple)
+    dynamic = dynamic_cost(batches, hidden, multiple, attention_divisor(ctx))
     if not dynamic:
         return None
-    impact = observed_cost(batches, hidden) / dynamic
+    impact = observed_cost(batches, hidden, attention_divisor(ctx)) / dynamic
     if impact < STATIC_MIN_SPEEDUP:
         return None
     fixed_len = batches[0].seq_len
