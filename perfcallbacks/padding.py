@@ -13,7 +13,7 @@ see there for the speedup over ``padding="max_length"``.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -92,6 +92,10 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
         mega_batch_mult: batches per sorted mega-batch (default as in transformers).
         seed: base seed; epoch ``e`` uses ``seed + e`` (call :meth:`set_epoch`, or it advances itself).
         drop_last: drop a final short batch.
+        sampler: optional index sampler (e.g. a ``DistributedSampler``): only the
+            indices it yields are grouped. Lightning re-creates batch samplers for
+            predict and DDP by injecting ``sampler`` and ``drop_last``; the saved
+            arguments below let it do so without losing the lengths.
 
     Raises:
         ValueError / TypeError: for a bad ``batch_size`` or ``lengths``.
@@ -106,8 +110,17 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
     """
 
     def __init__(self, lengths: Sequence[int], batch_size: int, *, shuffle: bool = True,
-                 mega_batch_mult: int | None = None, seed: int = 0, drop_last: bool = False) -> None:
+                 mega_batch_mult: int | None = None, seed: int = 0, drop_last: bool = False,
+                 sampler: Iterable[int] | None = None) -> None:
+        # Lightning's protocol for re-instantiating custom batch samplers (its own hook only
+        # records these for samplers built inside LightningModule/DataModule methods).
+        setattr(self, "__pl_saved_args", (lengths, batch_size))
+        setattr(self, "__pl_saved_kwargs", {"shuffle": shuffle, "mega_batch_mult": mega_batch_mult, "seed": seed,
+                                             "drop_last": drop_last, "sampler": sampler})
+        setattr(self, "__pl_saved_default_kwargs", {})
+        setattr(self, "__pl_saved_arg_names", ("lengths", "batch_size"))
         self.lengths = _check_lengths(lengths)
+        self.sampler = sampler
         self.batch_size = _check_batch_size(batch_size)
         if mega_batch_mult is not None:
             _check_batch_size(mega_batch_mult)
@@ -123,21 +136,25 @@ class LengthGroupedBatchSampler(torch.utils.data.Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         self.epoch += 1
-        batches = length_grouped_batches(self.lengths, self.batch_size, shuffle=self.shuffle,
+        indices = self._indices()
+        batches = length_grouped_batches([self.lengths[i] for i in indices], self.batch_size, shuffle=self.shuffle,
                                          mega_batch_mult=self.mega_batch_mult, generator=generator)
         for batch in batches:
             if self.drop_last and len(batch) < self.batch_size:
                 continue
-            yield batch
+            yield [indices[j] for j in batch]
+
+    def _indices(self) -> list[int]:
+        return list(range(len(self.lengths))) if self.sampler is None else [int(i) for i in self.sampler]
 
     def __len__(self) -> int:
         if self.drop_last:
             # Every mega-batch may end in a short batch; count full ones only.
             return sum(1 for _ in self._full_sizes())
-        return -(-len(self.lengths) // self.batch_size)
+        return -(-len(self._indices()) // self.batch_size)
 
     def _full_sizes(self) -> Iterator[int]:
-        batches = length_grouped_batches(self.lengths, self.batch_size, shuffle=self.shuffle,
+        batches = length_grouped_batches([self.lengths[i] for i in self._indices()], self.batch_size, shuffle=self.shuffle,
                                          mega_batch_mult=self.mega_batch_mult,
                                          generator=torch.Generator().manual_seed(self.seed))
         return (len(b) for b in batches if len(b) == self.batch_size)

@@ -96,3 +96,39 @@ def test_predict_length_grouped_with_real_tokenizer(minilm_dir):
     assert got.tolist() == expected.tolist()
     with pytest.raises(ValueError, match="tokenizer"):
         predict_length_grouped(model, texts)
+
+
+def test_length_grouped_sampler_survives_lightning_predict_reinstantiation(tmp_path):
+    """Lightning re-creates custom batch samplers for predict (injecting sampler/drop_last):
+    the batches it runs must still be length-grouped, not arrival order."""
+    pl = pytest.importorskip("lightning.pytorch")
+    from torch.utils.data import DataLoader
+
+    from perfcallbacks.padding import LengthGroupedBatchSampler
+
+    lengths = [3, 60, 4, 58, 5, 61, 2, 59]
+    rows = [torch.full((n,), 1.0) for n in lengths]
+
+    class Echo(pl.LightningModule):
+        def forward(self, x):
+            return x
+
+        def predict_step(self, batch, batch_idx):
+            return batch.shape[1]
+
+    def collate(items):
+        return torch.nn.utils.rnn.pad_sequence(items, batch_first=True)
+
+    loader = DataLoader(rows, batch_sampler=LengthGroupedBatchSampler(lengths, 2, shuffle=False), collate_fn=collate)
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=str(tmp_path))
+    padded = trainer.predict(Echo(), loader)
+    assert sorted(padded) == [3, 5, 59, 61]  # grouped (61,60) (59,58) (5,4) (3,2); arrival order: 60, 58, 61, 59
+
+
+def test_length_grouped_sampler_groups_only_the_sampler_indices():
+    from perfcallbacks.padding import LengthGroupedBatchSampler
+
+    sampler = LengthGroupedBatchSampler([9, 1, 8, 2, 7, 3], 2, shuffle=False, sampler=[0, 2, 4])
+    assert sorted(i for batch in sampler for i in batch) == [0, 2, 4]
+    assert len(sampler) == 2
