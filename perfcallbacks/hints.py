@@ -171,7 +171,7 @@ _SPECS = [
              "Increase the batch size (Lightning: Tuner(trainer).scale_batch_size(model); HF: auto_find_batch_size=True), within latency_budget_ms."),
     HintSpec("padding-waste", "padding", "warning", "Most of the batch is padding",
              "Fires when the measured share of pad tokens in observed batches exceeds the threshold (default 25%).",
-             "Pad tokens cost the same compute as real ones: measured here, length-grouped dynamic padding gives 3.3x the throughput of max_length padding on MiniLM.",
+             "Pad tokens cost the same compute as real ones: measured on MiniLM here, length-grouped dynamic padding gives 3.3-5x the throughput of max_length=128 padding (benchmarks/padding.md).",
              "Dynamic padding (DataCollatorWithPadding) plus length-grouped batches (HF: train_sampling_strategy=\"group_by_length\"; predict: perfcallbacks.padding.length_grouped_batches)."),
     HintSpec("static-padding", "padding", "warning", "Every batch padded to one fixed length",
              "Fires when every observed batch is padded to the same length, far above the real lengths.",
