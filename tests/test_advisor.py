@@ -26,7 +26,7 @@ def _mlp() -> nn.Module:
         ({"target": "a1000"}, ValueError, "target: unknown device preset"),
         ({"target": 3}, TypeError, "target must be None, a preset name"),
         ({"suppress": ["gpu-unsued"]}, ValueError, "Did you mean 'gpu-unused'"),
-        ({"latency_budget_ms": 0}, ValueError, "latency_budget_ms must be a positive number"),
+        ({"latency_budget_ms": 0}, ValueError, "latency_budget_ms must be a positive, finite number"),
         ({"latency_budget_ms": -5}, ValueError, "latency_budget_ms"),
         ({"latency_budget_ms": "fast"}, TypeError, "latency_budget_ms"),
         ({"auto_apply": "yes"}, TypeError, "auto_apply must be True or False"),
