@@ -137,8 +137,12 @@ def output_tensor(out: Any) -> torch.Tensor:
     raise TypeError(f"output_tensor: no tensor found in model output of type {type(out).__name__}")
 
 
-def output_kind(out: Any) -> str:
+def output_kind(out: Any, model: nn.Module | None = None) -> str:
     """``"states"`` when the main output is a representation (hidden states, embeddings), else ``"scores"``.
+
+    A bare tensor is a representation when ``model`` is given and the tensor's last
+    dimension is the model's hidden size (a LightningModule returning
+    ``last_hidden_state``): argmax over features is noise there, not a prediction.
 
     Example::
 
@@ -151,7 +155,20 @@ def output_kind(out: Any) -> str:
         for key in _OUTPUT_KEYS:
             if isinstance(out.get(key) if key in out else None, torch.Tensor):
                 return "states" if key in _STATE_KEYS else "scores"
+    if isinstance(out, torch.Tensor) and model is not None and out.dim() >= 2:
+        hidden = _hidden_size(model)
+        if hidden and out.shape[-1] == hidden:
+            return "states"
     return "scores"
+
+
+def _hidden_size(model: nn.Module) -> int | None:
+    """``config.hidden_size`` of the model or of the first submodule carrying an HF config."""
+    for module in model.modules():
+        size = getattr(getattr(module, "config", None), "hidden_size", None)
+        if isinstance(size, int):
+            return size
+    return None
 
 
 @contextlib.contextmanager

@@ -120,3 +120,17 @@ def test_padding_mask_leaves_pad_positions_out():
     assert padding_mask({"attention_mask": mask}, torch.zeros(3, 4)) is None
     assert fidelity(ref, new, mask=mask)["cosine_min"] == pytest.approx(1.0)
     assert fidelity(ref, new)["cosine_min"] < 0.9
+
+
+def test_bare_hidden_states_are_states_not_scores():
+    from transformers import BertConfig, BertModel
+
+    from perfcallbacks.measure import output_kind
+
+    model = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                                 vocab_size=100))
+    wrapper = torch.nn.ModuleDict({"model": model})
+    states = torch.randn(2, 5, 32)
+    assert output_kind(states, wrapper) == "states"
+    assert output_kind(torch.randn(2, 5, 7), wrapper) == "scores"  # token logits over 7 labels
+    assert output_kind(states) == "scores"  # without the model nothing says what it is

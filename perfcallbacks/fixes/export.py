@@ -195,7 +195,7 @@ def _export(model: nn.Module, target: Path, tmp: Path, keys: list[str] | None, t
     work = safe_copy(model).to("cpu").eval()
     with torch.inference_mode():
         out = call_model(work, batch)
-        argmax = output_kind(out) == "scores"
+        argmax = output_kind(out, work) == "scores"
         ref = output_tensor(out).detach().clone()
     layers = linear_layers(work)
     with quiet_torch():

@@ -258,7 +258,7 @@ def _quantize(model: nn.Module, batch: Any, tol: QuantTolerance, margin: float,
     layers = linear_layers(work)
     with eval_mode(model), torch.inference_mode():
         out = call_model(model, batch)
-        argmax = output_kind(out) == "scores"
+        argmax = output_kind(out, model) == "scores"
         ref = output_tensor(out).detach().clone()
     with quiet_torch():
         sens = _sensitivity(work, batch, layers, backends[0])
