@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
 from perfcallbacks.hints import SEVERITIES
@@ -333,3 +335,27 @@ def format_fixes(results: list[FixResult]) -> Iterator[str]:
         agree = fid.get("argmax_agreement")
         fidel += "" if agree is None else f", argmax agreement {agree:.3f}"
         yield f"perfcallbacks fix [{r.id}] {r.status}:{speed}{fidel} - {r.reason}"
+
+
+def cap_training_threads(advisor: Any) -> FixResult | None:
+    """``threads`` fix at train start: never more intra-op threads than this process's share
+    of the physical cores (both adapters). Records and returns the outcome; ``None`` off CPU."""
+    from perfcallbacks.fixes import training_thread_cap
+
+    ctx = advisor.context
+    if ctx.model_device != "cpu":
+        return None
+    cores = max(1, int(ctx.local.physical_cores or os.cpu_count() or 1))
+    processes = max(1, int(ctx.local_world_size))
+    cap = training_thread_cap(cores, processes)
+    previous = torch.get_num_threads()
+    details = {"previous": previous, "cap": cap, "physical_cores": cores, "local_processes": processes}
+    if previous > cap:
+        torch.set_num_threads(cap)
+        details["chosen"] = cap
+        return advisor.record_fix(FixResult(
+            "threads", "applied", f"training: {processes} process(es) x {previous} threads > {cores} physical "
+            f"cores; set {cap} per process", details=details))
+    return advisor.record_fix(FixResult(
+        "threads", "skipped", f"training: {previous} intra-op threads per process already within the "
+        f"{cap}-thread cap", details=details))

@@ -34,7 +34,12 @@ import torch
 from torch import nn
 
 from perfcallbacks.adapters._optional import require
-from perfcallbacks.adapters.common import default_report_path, hint_count_metrics, run_inference_fixes
+from perfcallbacks.adapters.common import (
+    cap_training_threads,
+    default_report_path,
+    hint_count_metrics,
+    run_inference_fixes,
+)
 
 transformers = require("transformers", "hf", "transformers")
 from transformers import TrainerCallback  # noqa: E402
@@ -520,7 +525,7 @@ class HFPerfHints(TrainerCallback, ExportableState):
         self._restore(advisor, state)
         self._fill_context(advisor, args, kwargs)
         if self.auto_apply:
-            self._cap_threads(advisor)
+            cap_training_threads(advisor)
         advisor.capture_threads()
         advisor.run_checks("setup")
         if self.warmup_steps == 0:
@@ -555,29 +560,6 @@ class HFPerfHints(TrainerCallback, ExportableState):
                 # accelerate's DataLoaderShard hides batch_size behind a batch sampler.
                 info.batch_size = info.batch_size or getattr(args, "per_device_train_batch_size", None)
                 info.collate_fn = ctx.settings["collator"]
-
-    def _cap_threads(self, advisor: Advisor) -> None:
-        """``threads`` fix at train begin: never more intra-op threads than this process's share of cores."""
-        from perfcallbacks.fixes import training_thread_cap
-
-        ctx = advisor.context
-        if ctx.model_device != "cpu":
-            return
-        cores = ctx.local.physical_cores or os.cpu_count() or 1
-        cap = training_thread_cap(int(cores), int(ctx.local_world_size))
-        current = torch.get_num_threads()
-        if current > cap:
-            torch.set_num_threads(cap)
-            advisor.record_fix(FixResult("threads", "applied",
-                                         f"intra-op threads {current} -> {cap}: {ctx.local_world_size} local "
-                                         f"process(es) share {cores} physical cores",
-                                         details={"previous": current, "best": cap, "physical_cores": cores,
-                                                  "local_processes": ctx.local_world_size}))
-        else:
-            advisor.record_fix(FixResult("threads", "skipped",
-                                         f"{current} intra-op threads already fit {cores} cores / "
-                                         f"{ctx.local_world_size} process(es)",
-                                         details={"previous": current, "cap": cap}))
 
     # -- warm-up -------------------------------------------------------------------------------
     @_safe

@@ -28,6 +28,7 @@ from lightning.pytorch.strategies import ParallelStrategy  # noqa: E402
 
 from perfcallbacks.adapters.common import (  # noqa: E402
     ExampleBatch,
+    cap_training_threads,
     MethodPatch,
     ModuleSwap,
     default_report_path,
@@ -217,7 +218,7 @@ class PerfHintCallback(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         advisor = self._collect_context(trainer, pl_module)
         if self.auto_apply:
-            self._fix_training_threads(advisor)
+            cap_training_threads(advisor)
         try:
             advisor.set_loader(trainer.train_dataloader)
         except Exception:  # an unreadable loader costs its own facts, not the setup checks and warm-up
@@ -227,26 +228,6 @@ class PerfHintCallback(Callback):
         self._observing = not advisor.warmup_done
         if self._observing and self.warmup_steps == 0:
             self._finish_warmup(trainer)
-
-    def _fix_training_threads(self, advisor: Advisor) -> None:
-        from perfcallbacks.fixes import training_thread_cap
-
-        ctx = advisor.context
-        if ctx.model_device != "cpu":
-            return
-        cap = training_thread_cap(max(1, ctx.local.physical_cores or 1), max(1, ctx.local_world_size))
-        previous = torch.get_num_threads()
-        details = {"previous": previous, "cap": cap, "physical_cores": ctx.local.physical_cores,
-                   "local_processes": ctx.local_world_size}
-        if previous > cap:
-            torch.set_num_threads(cap)
-            details["chosen"] = cap
-            advisor.record_fix(FixResult("threads", "applied", f"training: {ctx.local_world_size} process(es) x "
-                                         f"{previous} threads > {ctx.local.physical_cores} physical cores; "
-                                         f"set {cap} per process", details=details))
-        else:
-            advisor.record_fix(FixResult("threads", "skipped", f"training: {previous} intra-op threads per process "
-                                         f"already within the {cap}-thread cap", details=details))
 
     @safe_hook
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
