@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
 import platform
 import re
@@ -118,10 +119,14 @@ class DeviceProfile:
         return None
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        # Shallow on purpose (every field is a plain value or a flat dict): dataclasses.asdict
+        # deep-copies and showed up in the callback's per-report cost.
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["compute_capability"] = list(self.compute_capability) if self.compute_capability else None
         data["isa"] = list(self.isa)
         data["notes"] = list(self.notes)
+        data["capabilities"] = dict(self.capabilities)
+        data["alignment"] = dict(self.alignment)
         return data
 
     @classmethod
@@ -152,7 +157,7 @@ class DeviceProfile:
             return _detect_mps()
         if kind in (None, "xpu") and _xpu_available():
             return _detect_xpu()
-        return detect_cpu()
+        return _detect_cpu_once()
 
     @classmethod
     def preset(cls, name: str) -> DeviceProfile:
@@ -333,6 +338,12 @@ def detect_cpu(cpuinfo: str | None = None, affinity: set[int] | None = None) -> 
         capabilities=caps,
         alignment=align,
     )
+
+
+@functools.lru_cache(maxsize=1)
+def _detect_cpu_once() -> DeviceProfile:
+    """The host CPU does not change within a process: probe it once (profiles are immutable)."""
+    return detect_cpu()
 
 
 def _host_memory_gb() -> float | None:
