@@ -462,3 +462,13 @@ def test_resumed_run_does_not_repeat_its_hints(tmp_path, tokenizer, restore_flag
     assert "tensor-cores-idle" not in warned
     live = next(cb for cb in resumed.callback_handler.callbacks if isinstance(cb, HFPerfHints))
     assert "tensor-cores-idle" in live.report.hint_ids  # still in the report, just not warned twice
+
+
+def test_local_profile_is_a_keyword_like_the_lightning_callback(tmp_path, tokenizer):
+    with pytest.raises(TypeError, match="local must be None or a DeviceProfile"):
+        HFPerfHints(local="a100")
+    one_core = DeviceProfile.preset("cpu-avx2").replace(physical_cores=1, logical_cores=1)
+    cb = HFPerfHints(warmup_steps=2, verbose=False, local=one_core)
+    assert pickle.loads(pickle.dumps(cb))._local == one_core
+    train_quietly(make_trainer(tmp_path, tokenizer, cb))
+    assert cb.advisor.context.local == one_core

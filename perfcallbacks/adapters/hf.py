@@ -337,6 +337,7 @@ class HFPerfHints(TrainerCallback, ExportableState):
         report_path: JSON report path; ``None`` = ``<output_dir>/perf_hints.json``.
         latency_budget_ms: per-batch latency budget for inference batch-size advice.
         verbose: print the summary table at the end of warm-up and at train end.
+        local: the local device profile (default: detected); tests pass a preset.
 
     Raises:
         ValueError / TypeError: for bad arguments, naming the argument.
@@ -367,10 +368,14 @@ class HFPerfHints(TrainerCallback, ExportableState):
         report_path: str | Path | None = None,
         latency_budget_ms: float | None = None,
         verbose: bool = True,
+        *,
+        local: DeviceProfile | None = None,
     ) -> None:
         validate_common_args(warmup_steps=warmup_steps, target=target, suppress=suppress,
                              report_path=report_path, latency_budget_ms=latency_budget_ms,
                              auto_apply=auto_apply, verbose=verbose)
+        if local is not None and not isinstance(local, DeviceProfile):
+            raise TypeError(f"local must be None or a DeviceProfile, got {type(local).__name__}")
         self.auto_apply = auto_apply
         self.warmup_steps = int(warmup_steps)
         self.target = target
@@ -379,6 +384,7 @@ class HFPerfHints(TrainerCallback, ExportableState):
         self.latency_budget_ms = latency_budget_ms
         self.verbose = verbose
         self._reset_runtime()
+        self._local = local  # tests fake the local hardware here (as PerfHintCallback(local=...))
 
     def _reset_runtime(self) -> None:
         self._advisor: Advisor | None = None
@@ -396,11 +402,11 @@ class HFPerfHints(TrainerCallback, ExportableState):
         self._autocast_factory: Callable[[], Any] | None = None
         self._int8_artifacts: list[dict[str, Any]] = []
         self._resume_state: dict[str, Any] | None = None  # set by the Trainer when it restores callbacks
-        self._local: DeviceProfile | None = None  # tests inject a profile here (hardware faked at the probe)
 
     # -- pickling (DDP spawn, deepcopy of callbacks): only the configuration travels --------
     def __getstate__(self) -> dict[str, Any]:
-        keys = ("auto_apply", "warmup_steps", "target", "suppress", "report_path", "latency_budget_ms", "verbose")
+        keys = ("auto_apply", "warmup_steps", "target", "suppress", "report_path", "latency_budget_ms", "verbose",
+                "_local")
         return {k: self.__dict__[k] for k in keys}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
