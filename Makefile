@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast demo bench gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py
+
+# The accelerator suite (tests/gpu, benchmarks/gpu): installs its own pinned CUDA torch on a bare GPU machine,
+# reports every GPU test as skipped on a CPU-only one.
+gpu-check:
+	bash benchmarks/gpu/check.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -197,9 +197,11 @@ def _plain_int(value: Any) -> int | None:
 def run_layout(args: Any) -> dict[str, Any]:
     """Processes and devices of the run, from ``TrainingArguments`` and the launcher's environment."""
     parallel = getattr(getattr(args, "parallel_mode", None), "value", str(getattr(args, "parallel_mode", "")))
-    local_rank = getattr(args, "local_rank", -1)
-    distributed = parallel == "distributed" or (isinstance(local_rank, int) and local_rank != -1)
     world = int(getattr(args, "world_size", 1) or 1)
+    # Not `local_rank != -1`: transformers 4.x sets local_rank=0 for a plain single process. A launcher
+    # (torchrun, accelerate) always sets LOCAL_RANK/RANK, also for a single process.
+    launched = any(os.environ.get(name) not in (None, "") for name in ("LOCAL_RANK", "RANK"))
+    distributed = launched or (parallel == "distributed" and world > 1)
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world if distributed else 1) or 1)
     strategy = None
     if distributed:

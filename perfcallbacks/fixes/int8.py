@@ -21,6 +21,7 @@ from perfcallbacks.fixes._guard import quiet_torch
 
 WEIGHT_BITS = 7  # 2 * 255 * 64 < 32767: no int16 saturation on AVX2 (vpmaddubsw) without VNNI
 OPS_BACKENDS = ("fbgemm", "onednn")  # prepacking engines of torch.ops.quantized, measured per machine
+BACKENDS = ("auto", *OPS_BACKENDS, "torch.ao", "torchao")
 
 
 def ops_available() -> bool:
@@ -168,3 +169,24 @@ def relative_error(ref: torch.Tensor, new: torch.Tensor) -> float:
     ref, new = ref.detach().float(), new.detach().float()
     denom = ref.norm().item()
     return (ref - new).norm().item() / denom if denom > 0 else float((ref - new).norm().item())
+
+
+def int8_linear(linear: nn.Linear, backend: str) -> nn.Module:
+    """An int8 replacement for ``linear`` built by ``backend`` (``linear`` itself is left untouched)."""
+    if backend in OPS_BACKENDS:
+        return Int8DynamicLinear.from_linear(linear, backend=backend)
+    if backend == "torch.ao":  # the stock per-tensor path, kept for comparison and as a fallback
+        with quiet_torch():
+            from torch.ao.nn.quantized.dynamic import Linear as AoLinear
+            from torch.ao.quantization import default_dynamic_qconfig
+
+            linear.qconfig = default_dynamic_qconfig
+            return AoLinear.from_float(linear)
+    if backend == "torchao":
+        with quiet_torch():
+            from torchao.quantization import Int8WeightOnlyConfig, quantize_
+
+            holder = nn.Sequential(linear)
+            quantize_(holder, Int8WeightOnlyConfig())
+            return holder[0]
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

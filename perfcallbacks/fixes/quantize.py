@@ -22,9 +22,11 @@ from torch import nn
 from perfcallbacks.fixes._guard import Tolerance, check_margin, is_compiled, model_device, quiet_torch, safe_copy
 from perfcallbacks.fixes.int8 import (
     OPS_BACKENDS,
+    BACKENDS,
     WEIGHT_BITS,
     Int8DynamicLinear,
     available_backends,
+    int8_linear,
     is_quantized,
     linear_layers,
     relative_error,
@@ -43,7 +45,6 @@ from perfcallbacks.report import FixResult
 
 log = logging.getLogger(__name__)
 FIX_ID = "dynamic-quantization"
-BACKENDS = ("auto", *OPS_BACKENDS, "torch.ao", "torchao")
 
 
 @dataclass(frozen=True)
@@ -82,26 +83,6 @@ class QuantTolerance(Tolerance):
         return metric >= reference - slack if self.task_higher_is_better else metric <= reference + slack
 
 
-def _int8_linear(linear: nn.Linear, backend: str) -> nn.Module:
-    if backend in OPS_BACKENDS:
-        return Int8DynamicLinear.from_linear(linear, backend=backend)
-    if backend == "torch.ao":  # the stock per-tensor path, kept for comparison and as a fallback
-        with quiet_torch():
-            from torch.ao.nn.quantized.dynamic import Linear as AoLinear
-            from torch.ao.quantization import default_dynamic_qconfig
-
-            linear.qconfig = default_dynamic_qconfig
-            return AoLinear.from_float(linear)
-    if backend == "torchao":
-        with quiet_torch():
-            from torchao.quantization import Int8WeightOnlyConfig, quantize_
-
-            holder = nn.Sequential(linear)
-            quantize_(holder, Int8WeightOnlyConfig())
-            return holder[0]
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-
-
 def _sensitivity(work: nn.Module, batch: Any, layers: dict[str, nn.Linear], backend: str) -> dict[str, float]:
     """Relative output error of each Linear quantized alone, on its real input from ``batch``."""
     scores: dict[str, float] = {}
@@ -110,7 +91,7 @@ def _sensitivity(work: nn.Module, batch: Any, layers: dict[str, nn.Linear], back
     def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         name = names[id(module)]
         if name not in scores and args and isinstance(args[0], torch.Tensor):
-            scores[name] = relative_error(out, _int8_linear(module, backend)(args[0]))
+            scores[name] = relative_error(out, int8_linear(module, backend)(args[0]))
 
     handles = [m.register_forward_hook(hook) for m in layers.values()]
     try:
@@ -133,7 +114,7 @@ def _build(work: nn.Module, batch: Any, ref: torch.Tensor, layers: dict[str, nn.
     cand = safe_copy(work)
     originals = {n: cand.get_submodule(n) for n in layers}
     with quiet_torch():
-        int8 = {n: _int8_linear(lin, backend) for n, lin in originals.items()}
+        int8 = {n: int8_linear(lin, backend) for n, lin in originals.items()}
     max_keep = int(tol.max_fp32_fraction * len(order))
     seen: dict[int, tuple[dict[str, float], list[str]]] = {}
 
