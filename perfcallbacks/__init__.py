@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from perfcallbacks.advisor import Advisor
 from perfcallbacks.device import DeviceProfile
-from perfcallbacks.hints import REGISTRY, Hint, PerfHintWarning
+from perfcallbacks.hints import REGISTRY, Hint, PerfHintError, PerfHintWarning
 from perfcallbacks.report import FixResult, Report
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ __all__ = [
     "HFPerfHints",
     "Hint",
     "PerfHintCallback",
+    "PerfHintError",
     "PerfHintWarning",
     "REGISTRY",
     "Report",

@@ -25,6 +25,7 @@ from perfcallbacks.context import (
     model_device_kind,
 )
 from perfcallbacks.device import DeviceProfile, resolve_target
+from perfcallbacks.facts import capture_process_facts
 from perfcallbacks.hints import SEVERITIES, Hint, validate_suppress, warn_hint
 from perfcallbacks.observe import BatchObserver, StepTimer, batch_stats
 from perfcallbacks.report import FixResult, Report, save_report_safely
@@ -267,6 +268,7 @@ class Advisor:
     def _sync_timings(self) -> None:
         self.context.step_times = list(self.timer.step_times)
         self.context.data_wait_times = list(self.timer.data_wait_times)
+        self.context.epoch_first_waits = list(self.timer.epoch_first_waits)
 
     def _maybe_finish_warmup(self) -> None:
         if not self.warmup_done and self.timer.steps_seen >= self.warmup_steps:
@@ -300,6 +302,10 @@ class Advisor:
             ctx.matmul_precision = torch.get_float32_matmul_precision()
             if ctx.threads is None:
                 self.capture_threads()
+            try:
+                capture_process_facts(ctx, ctx.model)
+            except Exception:  # principle 1
+                log.debug("perfcallbacks: could not capture process facts", exc_info=True)
             if phase == "warmup":
                 self._sync_timings()
             for chk in checks_for(phase):

@@ -165,6 +165,7 @@ class RunContext:
     inference_batches: list[BatchStats] = field(default_factory=list)
     step_times: list[float] = field(default_factory=list)  # seconds, first (warm-up) step excluded
     data_wait_times: list[float] = field(default_factory=list)
+    epoch_first_waits: list[float] = field(default_factory=list)  # epoch start -> first batch, seconds
     inference: InferenceInfo = field(default_factory=InferenceInfo)
     settings: dict[str, Any] = field(default_factory=dict)  # framework-specific (HF args, collator, ...)
     measurements: dict[str, Any] = field(default_factory=dict)  # probes run on the model

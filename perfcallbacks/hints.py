@@ -31,6 +31,23 @@ class PerfHintWarning(UserWarning):
     """
 
 
+class PerfHintError(RuntimeError):
+    """Raised at the end of a stage when ``fail_on`` is set and a hint at or above that severity was found.
+
+    ``hints`` holds the hints that triggered it.
+
+    Example::
+
+        >>> from perfcallbacks.hints import PerfHintError
+        >>> str(PerfHintError("1 hint at or above 'warning'", hints=[]))
+        "1 hint at or above 'warning'"
+    """
+
+    def __init__(self, message: str, hints: list[Hint] | None = None) -> None:
+        super().__init__(message)
+        self.hints = list(hints or [])
+
+
 @dataclass
 class Hint:
     """One measured finding, exactly as it appears in the report JSON."""

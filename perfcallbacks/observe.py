@@ -162,14 +162,24 @@ class StepTimer:
         self.steps_seen = 0
         self.step_times: list[float] = []
         self.data_wait_times: list[float] = []
+        self.epoch_first_waits: list[float] = []  # epoch start -> first batch (includes worker start-up)
         self._start: float | None = None
         self._last_end: float | None = None
+        self._epoch_mark: float | None = None
 
     def start(self, now: float | None = None) -> None:
         now = time.perf_counter() if now is None else now
-        if self._last_end is not None and self.steps_seen >= 1:
+        if self._epoch_mark is not None:
+            self.epoch_first_waits.append(max(0.0, now - self._epoch_mark))
+            self._epoch_mark = None
+        elif self._last_end is not None and self.steps_seen >= 1:
             self.data_wait_times.append(max(0.0, now - self._last_end))
         self._start = now
+
+    def mark_epoch_start(self, now: float | None = None) -> None:
+        """An epoch begins: the wait for its first batch is recorded apart (worker start-up), not as data wait."""
+        self._last_end = None
+        self._epoch_mark = time.perf_counter() if now is None else now
 
     def end(self, now: float | None = None) -> None:
         now = time.perf_counter() if now is None else now

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from perfcallbacks.adapters._optional import require
+from perfcallbacks.adapters.facts import hf_run_facts, observe_gradients
 from perfcallbacks.adapters.common import (
     cap_training_threads,
     default_report_path,
@@ -535,6 +536,10 @@ class HFPerfHints(TrainerCallback, ExportableState):
         if self.auto_apply:
             cap_training_threads(advisor)
         advisor.capture_threads()
+        try:
+            hf_run_facts(args, self._model, advisor.context)
+        except Exception:
+            log.debug("perfcallbacks: could not collect HF run facts", exc_info=True)
         advisor.run_checks("setup")
         if self.warmup_steps == 0:
             self._finish_warmup(advisor, quiet=True)
@@ -603,7 +608,13 @@ class HFPerfHints(TrainerCallback, ExportableState):
 
     @_safe
     def on_epoch_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._drop_gap()
+        if self._advisor is not None and not self._quiet:
+            self._advisor.timer.mark_epoch_start()  # kept apart from data wait (worker start-up)
+
+    @_safe
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._advisor is not None and not self._quiet and self._model is not None:
+            observe_gradients(self._model, self._advisor.context)
 
     @_safe
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

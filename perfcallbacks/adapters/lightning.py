@@ -39,6 +39,7 @@ from perfcallbacks.adapters.common import (  # noqa: E402
     run_inference_fixes,
     safe_hook,
 )
+from perfcallbacks.adapters.facts import lightning_run_facts, observe_gradients  # noqa: E402
 from perfcallbacks.advisor import INFERENCE_BATCHES_OBSERVED, Advisor, validate_common_args  # noqa: E402
 from perfcallbacks.context import InferenceInfo  # noqa: E402
 from perfcallbacks.device import DeviceProfile  # noqa: E402
@@ -224,6 +225,10 @@ class PerfHintCallback(Callback):
         except Exception:  # an unreadable loader costs its own facts, not the setup checks and warm-up
             log.debug("perfcallbacks: could not read the train dataloader", exc_info=True)
         advisor.capture_threads(advisor.context.local_world_size)
+        try:
+            lightning_run_facts(trainer, pl_module, advisor.context)
+        except Exception:
+            log.debug("perfcallbacks: could not collect Lightning run facts", exc_info=True)
         advisor.run_checks("setup")
         self._observing = not advisor.warmup_done
         if self._observing and self.warmup_steps == 0:
@@ -232,7 +237,12 @@ class PerfHintCallback(Callback):
     @safe_hook
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._observing and self._advisor is not None:
-            self._advisor.timer.reset_gap()  # an epoch boundary is not data wait
+            self._advisor.timer.mark_epoch_start()  # an epoch boundary is not data wait (kept apart)
+
+    @safe_hook
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if self._observing and self._advisor is not None:
+            observe_gradients(pl_module, self._advisor.context)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
