@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import numbers
+import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from torch import nn
 
 from perfcallbacks.context import (
     BatchStats,
+    InferenceInfo,
     LoaderInfo,
     RunContext,
     ThreadPicture,
@@ -26,7 +27,9 @@ from perfcallbacks.context import (
 )
 from perfcallbacks.device import DeviceProfile, resolve_target
 from perfcallbacks.facts import capture_process_facts
-from perfcallbacks.hints import SEVERITIES, Hint, validate_suppress, warn_hint
+from perfcallbacks.hints import SEVERITIES, Hint, PerfHintError, emit_hint_warning, hint_silenced_by_filters
+from perfcallbacks.options import Options
+from perfcallbacks.process_state import ProcessState
 from perfcallbacks.observe import BatchObserver, StepTimer, batch_stats
 from perfcallbacks.report import FixResult, Report, save_report_safely
 
@@ -37,36 +40,55 @@ INFERENCE_BATCHES_OBSERVED = 32
 
 
 def validate_common_args(*, warmup_steps: Any, target: Any, suppress: Any, report_path: Any,
-                         latency_budget_ms: Any, auto_apply: Any, verbose: Any) -> dict[str, Any]:
-    """Validate the keyword arguments shared by the Advisor and both callbacks."""
-    if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral):
-        raise TypeError(f"warmup_steps must be a non-negative int, got {warmup_steps!r} "
-                        f"({type(warmup_steps).__name__})")
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be a non-negative int, got {warmup_steps}")
-    if latency_budget_ms is not None:
-        if isinstance(latency_budget_ms, bool) or not isinstance(latency_budget_ms, numbers.Real):
-            raise TypeError(f"latency_budget_ms must be None or a positive number of milliseconds, "
-                            f"got {latency_budget_ms!r}")
-        if not 0 < latency_budget_ms < float("inf"):
-            raise ValueError(f"latency_budget_ms must be a positive, finite number of milliseconds, "
-                             f"got {latency_budget_ms}")
-    if report_path is not None:
-        if not isinstance(report_path, (str, Path)):
-            raise TypeError(f"report_path must be None or a file path (str or Path), got {type(report_path).__name__}")
-        if Path(report_path).is_dir():
-            raise ValueError(f"report_path must be a file path, got the directory {str(report_path)!r}; "
-                             f"try {str(Path(report_path) / 'perf_hints.json')!r}")
-    for name, value in (("auto_apply", auto_apply), ("verbose", verbose)):
-        if not isinstance(value, bool):
-            raise TypeError(f"{name} must be True or False, got {value!r}")
-    return {
-        "warmup_steps": int(warmup_steps),
-        "target": resolve_target(target),
-        "suppress": validate_suppress(suppress),
-        "report_path": None if report_path is None else Path(report_path),
-        "latency_budget_ms": None if latency_budget_ms is None else float(latency_budget_ms),
-    }
+                         latency_budget_ms: Any, auto_apply: Any, verbose: Any, fail_on: Any = None) -> dict[str, Any]:
+    """Validate the keyword arguments shared by the Advisor and both callbacks (see :class:`Options`)."""
+    opts = Options.from_args(warmup_steps=warmup_steps, target=target, suppress=suppress, report_path=report_path,
+                             latency_budget_ms=latency_budget_ms, auto_apply=auto_apply, verbose=verbose,
+                             fail_on=fail_on)
+    return {"warmup_steps": opts.warmup_steps, "target": opts.target, "suppress": opts.suppress,
+            "report_path": opts.report_path, "latency_budget_ms": opts.latency_budget_ms, "options": opts}
+
+
+class HintBook(Mapping[str, Hint]):
+    """The hints found so far: at most one per (id, training/inference), looked up by id.
+
+    ``book["padding-waste"]`` is the latest one with that id; iterating gives each id once;
+    :meth:`values` gives every hint (a training and an inference finding of one id are both kept).
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[tuple[str, str], Hint] = {}
+
+    def put(self, hint: Hint) -> bool:
+        """Keep ``hint`` (replacing the one of its id and group); True when it is new."""
+        key = (hint.id, hint_group(hint.phase))
+        new = key not in self._items
+        self._items.pop(key, None)  # re-insert: the latest finding of an id is looked up first
+        self._items[key] = hint
+        return new
+
+    def __getitem__(self, hint_id: str) -> Hint:
+        for (found, _), hint in reversed(self._items.items()):
+            if found == hint_id:
+                return hint
+        raise KeyError(hint_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(dict.fromkeys(found for found, _ in self._items))
+
+    def __len__(self) -> int:
+        return len(set(found for found, _ in self._items))
+
+    def values(self) -> list[Hint]:  # type: ignore[override]
+        return list(self._items.values())
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+def hint_group(phase: str) -> str:
+    """Training findings (setup, warm-up) and inference findings are kept apart in the report."""
+    return "inference" if phase == "inference" else "training"
 
 
 class Advisor:
@@ -119,35 +141,46 @@ class Advisor:
         latency_budget_ms: float | None = None,
         report_path: str | Path | None = None,
         verbose: bool = False,
+        fail_on: str | None = None,
         framework: str = "torch",
         warn: bool = True,
         local: DeviceProfile | None = None,
+        options: Options | None = None,
     ) -> None:
-        args = validate_common_args(warmup_steps=warmup_steps, target=target, suppress=suppress,
-                                    report_path=report_path, latency_budget_ms=latency_budget_ms,
-                                    auto_apply=auto_apply, verbose=verbose)
+        opts = options if options is not None else Options.from_args(
+            warmup_steps=warmup_steps, target=target, suppress=suppress, report_path=report_path,
+            latency_budget_ms=latency_budget_ms, auto_apply=auto_apply, verbose=verbose, fail_on=fail_on)
+        if not isinstance(opts, Options):
+            raise TypeError(f"options must be an Options or None, got {type(opts).__name__}")
         if model is not None and not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module or None, got {type(model).__name__}")
         if framework not in ("torch", "lightning", "hf"):
             raise ValueError(f"framework must be 'torch', 'lightning' or 'hf', got {framework!r}")
-        self.warmup_steps: int = args["warmup_steps"]
-        self.suppress: frozenset[str] = args["suppress"]
-        self.report_path: Path | None = args["report_path"]
-        self.auto_apply = auto_apply
-        self.verbose = verbose
+        self.options = opts
+        self.warmup_steps: int = opts.warmup_steps
+        self.suppress: frozenset[str] = opts.suppress
+        self.report_path: Path | None = opts.report_path
+        self.auto_apply = opts.auto_apply
+        self.verbose = opts.verbose
         self.warn = warn
         self.dataloader = dataloader
-        self.context = RunContext(local=local or DeviceProfile.detect(), target=args["target"],
-                                  framework=framework, latency_budget_ms=args["latency_budget_ms"])
+        self.context = RunContext(local=local or DeviceProfile.detect(), target=opts.target,
+                                  framework=framework, latency_budget_ms=opts.latency_budget_ms)
         self.timer = StepTimer()
-        self.hints: dict[str, Hint] = {}
+        self.hints = HintBook()
+        self.suppressed_hints = HintBook()  # found but suppressed: in the report (marked), never warned
         self.fixes: list[FixResult] = []
         self.check_failures: list[dict[str, str]] = []
         self.warned: set[str] = set()
-        self.overhead_s = 0.0
+        self.overhead_s = 0.0  # observation: hooks, checks, probes (fix measuring is in each fix's cost_s)
         self.warmup_done = False
         self._observer: BatchObserver | None = None
+        self._meter_depth = 0
+        self._deferred: BaseException | None = None  # a PerfHintWarning a filter turned into an error
+        self._stage_state: dict[str, ProcessState] = {}
+        self._guards: dict[str, Any] = {}
         self.is_rank_zero = True
+        self.user_location: tuple[str, int] | None = None  # where warnings point (the user's module / script)
         if model is not None:
             self.set_model(model)
         if dataloader is not None:
@@ -156,12 +189,23 @@ class Advisor:
     # -- bookkeeping -------------------------------------------------------------
     @contextlib.contextmanager
     def timed(self) -> Iterator[None]:
-        """Count the time spent inside as the advisor's own overhead."""
+        """Count the time spent inside as the advisor's own overhead (nested blocks count once).
+
+        The one overhead meter: adapters' hooks and the Advisor's own work both go through it.
+        """
+        self._meter_depth += 1
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.overhead_s += time.perf_counter() - start
+            self._meter_depth -= 1
+            if self._meter_depth == 0:
+                self.overhead_s += time.perf_counter() - start
+
+    @property
+    def fix_cost_s(self) -> float:
+        """Seconds the guards spent measuring fixes (the sum of the fixes' ``cost_s``)."""
+        return sum(float(getattr(f, "cost_s", None) or 0.0) for f in self.fixes)
 
     @property
     def observing(self) -> bool:
@@ -309,8 +353,6 @@ class Advisor:
             if phase == "warmup":
                 self._sync_timings()
             for chk in checks_for(phase):
-                if chk.hint_id in self.suppress:
-                    continue
                 try:
                     result = chk.fn(ctx)
                 except Exception as err:  # principle 1: a check never breaks the run
@@ -320,21 +362,63 @@ class Advisor:
                     continue
                 for hint in _as_list(result):
                     if hint.id in self.suppress:
-                        continue
-                    if hint.id not in self.hints:
+                        hint.suppressed = True  # kept in the report, marked; never warned or tabled
+                        self.suppressed_hints.put(hint)
+                    elif self.hints.put(hint):
                         new.append(hint)
-                    self.hints[hint.id] = hint
         self.emit_warnings(new)
         return new
 
     def emit_warnings(self, hints: Iterable[Hint]) -> None:
-        """Warn once per hint id, on rank zero only."""
+        """Warn once per hint id, on rank zero only, at the user's code.
+
+        A warnings filter that silences a hint marks it ``suppressed`` (tables leave it out, the report
+        keeps it). A filter that turns it into an error never stops observation: the hint is recorded
+        and the first such error is raised by :meth:`raise_deferred` at the end of the warm-up or stage.
+        """
         if not self.warn or not self.is_rank_zero:
             return
         for hint in hints:
+            if hint.suppressed or self._resolved(hint):
+                continue
+            try:
+                if hint_silenced_by_filters(hint, self.user_location):
+                    hint.suppressed = True  # one way to silence: filtered like suppress=
+                    self.hints._items.pop((hint.id, hint_group(hint.phase)), None)
+                    self.suppressed_hints.put(hint)
+                    continue
+            except Exception:
+                log.debug("perfcallbacks: could not read the warnings filters", exc_info=True)
             if hint.id not in self.warned:
                 self.warned.add(hint.id)
-                warn_hint(hint, stacklevel=3)
+                err = emit_hint_warning(hint, user_frame=self.user_location)
+                if err is not None and self._deferred is None:
+                    self._deferred = err
+
+    def _resolved(self, hint: Hint) -> bool:
+        from perfcallbacks.report import resolved_hint_keys
+
+        return bool(resolved_hint_keys(Report(hints=[hint], fixes=list(self.fixes))))
+
+    def raise_deferred(self) -> None:
+        """Raise what the user asked to be raised: a hint warning turned into an error, then ``fail_on``."""
+        err, self._deferred = self._deferred, None
+        if err is not None:
+            raise err
+        self.check_fail_on()
+
+    def check_fail_on(self) -> None:
+        """``fail_on``: raise :class:`PerfHintError` when a hint at or above that severity was found."""
+        level = self.options.fail_on
+        if level is None:
+            return
+        floor = SEVERITIES.index(level)
+        found = [h for h in self.hints.values() if not h.suppressed and not self._resolved(h)
+                 and SEVERITIES.index(h.severity) >= floor]
+        if found:
+            ids = ", ".join(sorted({h.id for h in found}))
+            raise PerfHintError(f"perfcallbacks: {len(found)} hint(s) at or above {level!r} (fail_on={level!r}): "
+                                f"{ids}", hints=found)
 
     def analyze(self, phase: str | None = None) -> Report:
         """Run the checks and return the report.
@@ -363,34 +447,185 @@ class Advisor:
         except Exception:
             log.debug("perfcallbacks: could not sample the dataloader", exc_info=True)
 
-    def probe_inference(self, model: nn.Module, batch: Any) -> list[Hint]:
+    def probe_inference(self, model: nn.Module, batch: Any, *, sweep: bool = True,
+                        deadline_s: float | None = None) -> list[Hint]:
         """Measure the model on a real inference batch (threads, int8, batch size), then run
         the inference checks. Probes live in :mod:`perfcallbacks.probes`; a failing probe is
-        recorded like a failing check."""
+        recorded like a failing check. ``sweep=False`` leaves out the thread sweep and batch
+        scaling (fit's own validation); ``deadline_s`` caps the probing time."""
         with self.timed():
             try:
+                import inspect
+
                 from perfcallbacks.probes import run_inference_probes
 
-                self.context.measurements.update(run_inference_probes(self.context, model, batch))
+                kwargs: dict[str, Any] = {}
+                params = inspect.signature(run_inference_probes).parameters
+                if "sweep" in params:
+                    kwargs["sweep"] = sweep
+                if "deadline_s" in params and deadline_s is not None:
+                    kwargs["deadline_s"] = deadline_s
+                known = {k: v for k, v in self.context.measurements.items() if k in ("int8",)}
+                self.context.measurements.update(run_inference_probes(self.context, model, batch, **kwargs))
+                self.context.measurements.update(known)  # a fix's measurement on the job beats a probe
             except Exception as err:  # principle 1
                 log.debug("perfcallbacks: inference probes failed", exc_info=True)
                 self.check_failures.append({"check": "perfcallbacks.probes", "phase": "inference",
                                             "error": f"{type(err).__name__}: {err}"})
         return self.run_checks("inference")
 
-    # -- fixes -------------------------------------------------------------------
-    def record_fix(self, result: FixResult) -> FixResult:
-        self.fixes = [f for f in self.fixes if f.id != result.id] + [result]
-        return result
+    # -- stages: one lifecycle for every adapter and the plain loop ------------------------------------
+    def begin_stage(self, stage: str) -> None:
+        """A stage (``fit``, ``validate``, ``test``, ``predict``) begins: remember the process settings.
+
+        With ``auto_apply`` on a CPU run, intra-op threads are capped to this process's share of the
+        physical cores for the stage; :meth:`end_stage` puts every setting back as it was found.
+        """
+        with self.timed():
+            self._stage_state[stage] = ProcessState.capture()
+            if stage != "fit":
+                self.context.inference = InferenceInfo(stage=stage)
+                self.context.inference_batches.clear()
+            if self.auto_apply and self.context.model_device == "cpu":
+                self._cap_threads(stage)
+
+    def _cap_threads(self, stage: str) -> FixResult | None:
+        from perfcallbacks.fixes import training_thread_cap
+
+        ctx = self.context
+        cores = max(1, int(ctx.local.physical_cores or os.cpu_count() or 1))
+        processes = max(1, int(ctx.local_world_size))
+        cap = training_thread_cap(cores, processes)
+        previous = torch.get_num_threads()
+        details = {"previous": previous, "cap": cap, "physical_cores": cores, "local_processes": processes,
+                   "stage": stage}
+        what = "training" if stage == "fit" else stage
+        if previous > cap:
+            torch.set_num_threads(cap)
+            details["chosen"] = cap
+            return self.record_fix(FixResult(
+                "threads", "applied", f"{what}: {processes} process(es) x {previous} threads > {cores} physical "
+                f"cores; {cap} per process for this stage (restored at its end)", details=details))
+        if stage == "fit" or not any(f.id == "threads" for f in self.fixes):
+            return self.record_fix(FixResult(
+                "threads", "skipped", f"{what}: {previous} intra-op threads per process already within the "
+                f"{cap}-thread cap", details=details))
+        return None
+
+    def guard_inference(self, owner: nn.Module, method: str, *, stage: str, expected_calls: int | None,
+                        batch_of: Any = None, with_batch: Any = None, original: Any = None) -> Any:
+        """Put the guarded-fix pipeline on ``owner.<method>`` for this stage (``auto_apply`` only).
+
+        Returns the :class:`~perfcallbacks.fixes.pipeline.GuardedCalls` (installed unless ``original``
+        is given: then the caller routes calls to it), or ``None`` when no fix may run here: not rank
+        zero, several processes (the decision would have to be shared), or ``auto_apply`` off.
+        """
+        if not self.auto_apply:
+            return None
+        if not self.is_rank_zero or self.context.world_size > 1:
+            self.record_fix(FixResult("dynamic-quantization", "skipped", "inference fixes run in single-process "
+                                      f"stages only (world size {self.context.world_size})"))
+            return None
+        with self.timed():
+            from perfcallbacks.fixes.cache import DecisionCache
+            from perfcallbacks.fixes.pipeline import GuardedCalls
+
+            guard = GuardedCalls(owner, method, stage=stage, profile=self.context.local,
+                                 expected_calls=expected_calls, record=self.record_fix, batch_of=batch_of,
+                                 with_batch=with_batch, guard_budget=self.options.guard_budget,
+                                 cache=DecisionCache(), original=original)
+            if original is None:
+                guard.install()
+            self._guards[stage] = guard
+        return guard
+
+    def end_stage(self, stage: str) -> list[FixResult]:
+        """The stage ends: conclude its fixes, hand their measurements to the checks, restore the settings."""
+        results: list[FixResult] = []
+        with self.timed():
+            guard = self._guards.pop(stage, None)
+            if guard is not None:
+                results = guard.finish()
+                for result in results:
+                    self._hand_measurement(result)
+            state = self._stage_state.pop(stage, None)
+            if state is not None:
+                changed = state.restore()
+                if changed:
+                    for fix in self.fixes:
+                        if fix.id == "threads" and fix.applied:
+                            fix.details["restored_at_stage_end"] = True
+        return results
+
+    def _hand_measurement(self, result: FixResult) -> None:
+        """A fix measured on the job beats the probe's estimate in the inference checks."""
+        if result.id == "dynamic-quantization" and result.speedup is not None:
+            self.context.measurements["int8"] = {"speedup": result.speedup, "fidelity": dict(result.fidelity),
+                                                 "source": "fix", "status": result.status}
+
+    def optimize_inference(self, model: nn.Module, example_batch: Any, *,
+                           expected_batches: int | None = None) -> nn.Module:
+        """The model to run inference with in a plain loop: decided on the job's own batches.
+
+        Returns a module you call like ``model``. While a fix is on trial it answers with the
+        untouched model's outputs (the candidate runs beside it, timed and compared); once decided,
+        the remaining calls go to the guarded copy if it was measured faster and faithful, else to
+        ``model``. ``model`` itself is never modified. Without ``auto_apply=True`` (or when the job
+        is too short for measuring to pay: ``expected_batches`` x the first batch's time) it simply
+        runs ``model``. ``example_batch`` is the first batch of the job (used for the checks).
+        Call :meth:`finish_inference` (or :meth:`analyze`) after the loop to conclude and report.
+
+        Example::
+
+            advisor = Advisor(auto_apply=True)
+            fast = advisor.optimize_inference(model, next(iter(loader)), expected_batches=len(loader))
+            with torch.inference_mode():
+                outputs = [fast(x) for x, _ in loader]
+            advisor.finish_inference()
+            print(advisor.report.render())
+        """
+        from perfcallbacks.fixes.pipeline import GuardedModule
+
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if expected_batches is not None and (isinstance(expected_batches, bool)
+                                             or not isinstance(expected_batches, int) or expected_batches < 1):
+            raise ValueError(f"expected_batches must be None or a positive int, got {expected_batches!r}")
+        if expected_batches is None and self.dataloader is not None:
+            try:
+                expected_batches = len(self.dataloader)  # type: ignore[arg-type]
+            except TypeError:
+                expected_batches = None
+        if self.context.model is None:
+            self.set_model(model)
+        self.finish_inference()
+        self.begin_stage("predict")
+        self.observe_batch(example_batch, inference=True)
+        guard = self.guard_inference(model, "__call__", stage="predict", expected_calls=expected_batches,
+                                     original=model)
+        self._plain_guard = guard
+        if guard is None:
+            return model
+        return GuardedModule(model, guard)
+
+    def finish_inference(self) -> list[FixResult]:
+        """Conclude a plain loop's :meth:`optimize_inference` stage: decide, restore, run inference checks."""
+        if getattr(self, "_plain_guard", None) is None and "predict" not in self._stage_state:
+            return []
+        self._plain_guard = None
+        results = self.end_stage("predict")
+        self.run_checks("inference")
+        return results
 
     # -- report --------------------------------------------------------------------
     @property
     def report(self) -> Report:
         ctx = self.context
-        hints = sorted(self.hints.values(), key=lambda h: (-SEVERITIES.index(h.severity), h.id))
+        every = self.hints.values() + self.suppressed_hints.values()
+        hints = sorted(every, key=lambda h: (-SEVERITIES.index(h.severity), -(h.impact or 1.0), h.id))
         return Report(framework=ctx.framework, device=ctx.local.to_dict(),
                       target=ctx.target.to_dict() if ctx.target else None, hints=hints,
-                      fixes=list(self.fixes), overhead_s=self.overhead_s,
+                      fixes=list(self.fixes), overhead_s=self.overhead_s + self.fix_cost_s,
                       check_failures=list(self.check_failures))
 
     def summary(self) -> str:
@@ -404,11 +639,15 @@ class Advisor:
 
     # -- resume ------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"hints": [h.to_dict() for h in self.hints.values()], "warned": sorted(self.warned),
+        return {"hints": [h.to_dict() for h in self.hints.values() + self.suppressed_hints.values()],
+                "warned": sorted(self.warned),
                 "fixes": [f.to_dict() for f in self.fixes], "warmup_done": self.warmup_done}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.hints = {h["id"]: Hint.from_dict(h) for h in state.get("hints", [])}
+        self.hints = HintBook()
+        for data in state.get("hints", []):
+            hint = Hint.from_dict(data)
+            (self.suppressed_hints if getattr(hint, "suppressed", False) else self.hints).put(hint)
         self.warned = set(state.get("warned", []))
         self.fixes = [FixResult.from_dict(f) for f in state.get("fixes", [])]
         self.warmup_done = bool(state.get("warmup_done", self.warmup_done))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import statistics
 import time
@@ -205,13 +206,57 @@ def timed_forward(model: nn.Module, batch: Any) -> Callable[[], Any]:
     return run
 
 
-def _sync(device: torch.device | None) -> None:
-    if device is not None and device.type == "cuda" and torch.cuda.is_available():
-        torch.cuda.synchronize(device)
+Synchronizer = Callable[[], None]
+
+
+def device_synchronizer(device: torch.device | str | None) -> Synchronizer | None:
+    """The function that waits for ``device``'s queued work (CUDA, XPU, MPS), or ``None`` for the CPU.
+
+    Kernels on an accelerator run asynchronously: a timer that does not synchronise measures
+    kernel *launches*. Every timing primitive here calls it around each timed region.
+
+    Example::
+
+        >>> device_synchronizer("cpu") is None
+        True
+    """
+    if device is None:
+        return None
+    kind = torch.device(device).type
+    if kind == "cuda" and torch.cuda.is_available():
+        return functools.partial(torch.cuda.synchronize, torch.device(device))
+    if kind == "xpu" and hasattr(torch, "xpu") and torch.xpu.is_available():
+        return torch.xpu.synchronize
+    if kind == "mps" and torch.backends.mps.is_available():
+        return torch.mps.synchronize
+    return None
+
+
+def _resolve_sync(device: torch.device | None, sync: Synchronizer | None) -> Synchronizer:
+    chosen = sync if sync is not None else device_synchronizer(device)
+    return chosen if chosen is not None else _no_sync
+
+
+def _no_sync() -> None:
+    return None
+
+
+def device_of(model: Any = None, batch: Any = None) -> torch.device:
+    """The device a timing must synchronise: the model's first parameter/buffer, else the batch's first tensor."""
+    if isinstance(model, nn.Module):
+        for tensor in model.parameters():
+            return tensor.device
+        for tensor in model.buffers():
+            return tensor.device
+    from perfcallbacks.observe import iter_tensors
+
+    for _, tensor in iter_tensors(batch):
+        return tensor.device
+    return torch.device("cpu")
 
 
 def median_time(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1,
-                device: torch.device | None = None) -> float:
+                device: torch.device | None = None, sync: Synchronizer | None = None) -> float:
     """Median wall time of ``fn()`` in seconds over ``repeats`` runs after ``warmup`` runs.
 
     Example::
@@ -224,20 +269,21 @@ def median_time(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1,
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
     if not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
+    wait = _resolve_sync(device, sync)
     for _ in range(warmup):
         fn()
-    _sync(device)
     times = []
     for _ in range(repeats):
+        wait()
         start = time.perf_counter()
         fn()
-        _sync(device)
+        wait()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
 def compare_times(fns: Mapping[str, Callable[[], Any]], *, repeats: int = 5, warmup: int = 1,
-                  device: torch.device | None = None) -> dict[str, float]:
+                  device: torch.device | None = None, sync: Synchronizer | None = None) -> dict[str, float]:
     """Median time of each callable, runs interleaved so that machine drift hits all alike.
 
     Example::
@@ -250,16 +296,17 @@ def compare_times(fns: Mapping[str, Callable[[], Any]], *, repeats: int = 5, war
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
     if not isinstance(warmup, int) or warmup < 0:
         raise ValueError(f"warmup must be a non-negative int, got {warmup!r}")
+    wait = _resolve_sync(device, sync)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
-    _sync(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            wait()
             start = time.perf_counter()
             fn()
-            _sync(device)
+            wait()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
@@ -368,7 +415,7 @@ def measure_threads(model: nn.Module, batch: Any, candidates: Sequence[int], *,
             run = timed_forward(model, batch)
             for count in dict.fromkeys(counts):
                 torch.set_num_threads(count)
-                results[count] = median_time(run, repeats=repeats, warmup=warmup)
+                results[count] = median_time(run, repeats=repeats, warmup=warmup, device=device_of(model, batch))
     finally:
         torch.set_num_threads(previous)
     return results

@@ -158,7 +158,10 @@ class StepTimer:
     excluded from the statistics.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sync: Callable[[], None] | None = None) -> None:
+        # Waits for the device's queued work at each mark (CUDA kernels are asynchronous): set by
+        # the adapter from the model's device (see measure.device_synchronizer); None on CPU.
+        self.sync = sync
         self.steps_seen = 0
         self.step_times: list[float] = []
         self.data_wait_times: list[float] = []
@@ -168,6 +171,8 @@ class StepTimer:
         self._epoch_mark: float | None = None
 
     def start(self, now: float | None = None) -> None:
+        if self.sync is not None:
+            self.sync()
         now = time.perf_counter() if now is None else now
         if self._epoch_mark is not None:
             self.epoch_first_waits.append(max(0.0, now - self._epoch_mark))
@@ -182,6 +187,8 @@ class StepTimer:
         self._epoch_mark = time.perf_counter() if now is None else now
 
     def end(self, now: float | None = None) -> None:
+        if self.sync is not None and self._start is not None:
+            self.sync()
         now = time.perf_counter() if now is None else now
         if self._start is None:
             return

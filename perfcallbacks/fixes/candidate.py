@@ -11,6 +11,7 @@ why there is nothing to measure.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,10 @@ class Candidate:
         build_s: seconds spent building the candidate (part of the fix's ``cost_s``).
         refine: optional ``refine(violations) -> Candidate | None``: a more conservative candidate
             to try when this one breaks the tolerance (int8 keeps more layers fp32); ``None`` = give up.
+        context: optional factory of a context manager every candidate call runs inside (autocast);
+            with it, ``model`` may be the user's own module (nothing is modified).
+        params: what a later process needs to rebuild this exact candidate without measuring
+            (int8: backend and the layers kept fp32); stored in the decision cache.
 
     Example::
 
@@ -54,3 +59,5 @@ class Candidate:
     details: dict[str, Any] = field(default_factory=dict)
     build_s: float = 0.0
     refine: Callable[[list[str]], Candidate | None] | None = None
+    context: Callable[[], AbstractContextManager[Any]] | None = None
+    params: dict[str, Any] = field(default_factory=dict)
