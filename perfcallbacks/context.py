@@ -136,6 +136,93 @@ class InferenceInfo:
 
 
 @dataclass
+class DebugFacts:
+    """Debugging modes that slow every step, read from the process (and the framework's own switches)."""
+
+    anomaly: bool = False  # torch.autograd anomaly detection
+    launch_blocking: bool = False  # CUDA_LAUNCH_BLOCKING=1
+    sync_debug_mode: int | None = None  # torch.cuda sync-debug mode (0 off, 1 warn, 2 error); None = CUDA not in use
+    profiler: str | None = None  # an active profiler ("torch.profiler", "cProfile", Lightning's class name)
+    deterministic: bool = False  # torch.use_deterministic_algorithms(True)
+    cudnn_benchmark: bool | None = None
+    sources: dict[str, str] = field(default_factory=dict)  # setting -> where it came from (framework argument)
+    measured: dict[str, Any] = field(default_factory=dict)  # setting -> {"with_s", "without_s", ...}
+
+
+@dataclass
+class DDPFacts:
+    """How DistributedDataParallel wraps the model."""
+
+    find_unused_parameters: bool | None = None
+    static_graph: bool | None = None
+    source: str | None = None  # why find_unused is on (strategy name, HF default, ...)
+
+
+@dataclass
+class GradientFacts:
+    """Which trainable parameters received a gradient, over the observed optimizer steps."""
+
+    steps: int = 0
+    trainable: int = 0
+    # parameter name -> observed steps in which its .grad was None
+    missing: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def missing_count(self) -> int:
+        """Parameters without a gradient in at least one observed step."""
+        return len(self.missing)
+
+    @property
+    def all_used(self) -> bool:
+        return self.steps > 0 and self.trainable > 0 and not self.missing
+
+
+@dataclass
+class CompileFacts:
+    """What dynamo did for a compiled model (read from its counters, never by compiling anything)."""
+
+    compiled: bool = False
+    modules: list[str] = field(default_factory=list)  # compiled (sub)modules, "" = the model itself
+    recompiles: list[dict[str, Any]] = field(default_factory=list)  # {"compile_id", "frame", "reason", "compile_s"}
+    graph_breaks: dict[str, int] = field(default_factory=dict)  # reason -> count
+    unique_graphs: int | None = None
+    baseline: dict[str, Any] = field(default_factory=dict)  # counters when observation began
+
+
+@dataclass
+class LayoutFacts:
+    """Convolution layout facts: conv share, memory formats, image input shapes, measured channels_last."""
+
+    conv2d_share: float = 0.0  # share of Linear+Conv FLOPs in Conv2d layers (FLOPs at the observed sizes)
+    conv2d_layers: int = 0
+    weights_channels_last: bool = False
+    inputs_channels_last: bool | None = None
+    input_shapes: list[tuple[int, ...]] = field(default_factory=list)  # 4-D inputs seen during warm-up
+    measured: dict[str, Any] = field(default_factory=dict)  # channels_last probe
+
+
+@dataclass
+class AttentionFacts:
+    """How attention is computed: the HF implementation or hand-written softmax attention."""
+
+    implementation: str | None = None  # HF config._attn_implementation
+    supports_sdpa: bool | None = None
+    model_class: str | None = None
+    eager_modules: list[str] = field(default_factory=list)  # modules whose forward computes softmax(q k^T) v
+    measured: dict[str, Any] = field(default_factory=dict)  # SDPA probe
+
+
+@dataclass
+class ProbeInput:
+    """One real input of the model's forward (captured by a one-shot pre-hook) for the warm-up probes."""
+
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    calls: int = 0
+    handle: Any = None  # the pre-hook's RemovableHandle while it is attached
+
+
+@dataclass
 class RunContext:
     """Every fact the checks reason on. Fields default to "unknown" so partial contexts work.
 
@@ -171,6 +258,16 @@ class RunContext:
     measurements: dict[str, Any] = field(default_factory=dict)  # probes run on the model
     latency_budget_ms: float | None = None
     pad_token_id: int | None = None
+    # Second-round facts (debug / distributed / compile / layout / attention checks).
+    debug: DebugFacts = field(default_factory=DebugFacts)
+    ddp: DDPFacts | None = None
+    gradients: GradientFacts = field(default_factory=GradientFacts)
+    compile: CompileFacts | None = None
+    layout: LayoutFacts | None = None
+    attention: AttentionFacts | None = None
+    batches_per_epoch: int | None = None  # training batches in one epoch, when the loader has a length
+    epochs: int | None = None  # epochs the fit will run (from max_epochs / max_steps), when known
+    probe_input: ProbeInput | None = None
 
     @property
     def profile(self) -> DeviceProfile:

@@ -122,3 +122,46 @@ def pin_memory_off(ctx: RunContext) -> Hint | None:
         f"({basis.replace('_', ' ')}).",
         fix, evidence={basis: round(share, 4), "pin_memory": False, "num_workers": ctx.loader.num_workers},
         impact=None)
+
+
+# workers-restart: start-up below these is noise (fork of a few workers is ~10-50 ms).
+MIN_STARTUP_S = 0.05
+STARTUP_EPOCH_SHARE = 0.05
+
+
+@check("workers-restart", phases=("warmup",))
+def workers_restart(ctx: RunContext) -> Hint | None:
+    loader = ctx.loader
+    if loader is None or loader.num_workers <= 0 or loader.persistent_workers or not ctx.epoch_first_waits:
+        return None
+    epochs, batches = ctx.epochs, ctx.batches_per_epoch
+    if not epochs or epochs < 2 or not batches or len(ctx.step_times) < MIN_STEPS:
+        return None  # one epoch starts its workers once: nothing is re-created
+    steady = statistics.median(ctx.data_wait_times) if ctx.data_wait_times else 0.0
+    first = statistics.median(ctx.epoch_first_waits)
+    startup = first - steady
+    if startup < MIN_STARTUP_S:
+        return None
+    per_batch = statistics.fmean(ctx.step_times) + (statistics.fmean(ctx.data_wait_times)
+                                                    if ctx.data_wait_times else 0.0)
+    epoch_s = batches * per_batch + startup
+    share = startup / epoch_s
+    if share < STARTUP_EPOCH_SHARE:
+        return None
+    restarts = epochs - 1
+    fix = fix_text(ctx, lightning=f"DataLoader(..., num_workers={loader.num_workers}, persistent_workers=True) "
+                                  f"(train and val loaders)",
+                   hf="TrainingArguments(dataloader_persistent_workers=True)",
+                   torch=f"DataLoader(..., num_workers={loader.num_workers}, persistent_workers=True)")
+    return REGISTRY["workers-restart"].make(
+        ctx.phase,
+        f"The loader's {loader.num_workers} workers start again every epoch: {startup:.2f} s of start-up before "
+        f"each epoch's first batch ({share:.0%} of a {epoch_s:.1f} s epoch), {restarts} more time(s) in this fit.",
+        fix,
+        evidence={"num_workers": loader.num_workers, "persistent_workers": False,
+                  "first_batch_wait_s": [round(w, 4) for w in ctx.epoch_first_waits],
+                  "steady_wait_ms": round(steady * 1e3, 3), "startup_s_per_epoch": round(startup, 4),
+                  "epoch_s_estimate": round(epoch_s, 3), "startup_share_of_epoch": round(share, 4),
+                  "epochs": epochs, "batches_per_epoch": batches, "restarts_to_come": restarts,
+                  "seconds_saved_estimate": round(startup * restarts, 3)},
+        impact=epoch_s / (epoch_s - startup))

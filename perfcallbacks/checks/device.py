@@ -82,3 +82,42 @@ def cpu_oversubscribed(ctx: RunContext) -> Hint | None:
                   "busy_threads": busy, "physical_cores": pic.physical_cores,
                   "omp_num_threads": pic.omp_num_threads},
         impact=OVERSUBSCRIBED_IMPACT)
+
+
+# cudnn-benchmark-off: a conv model (share of FLOPs in Conv2d) with at least this many observed inputs.
+CUDNN_CONV_SHARE = 0.3
+CUDNN_MIN_SHAPES = 3
+
+
+def fixed_shapes(shapes: list[tuple[int, ...]]) -> bool:
+    """All shapes equal, allowing a smaller last batch (``drop_last=False``)."""
+    if len(shapes) < CUDNN_MIN_SHAPES:
+        return False
+    head = shapes[:-1]
+    last = shapes[-1]
+    return len(set(head)) == 1 and last[1:] == head[0][1:] and last[0] <= head[0][0]
+
+
+@check("cudnn-benchmark-off", phases=("warmup",))
+def cudnn_benchmark_off(ctx: RunContext) -> Hint | None:
+    if ctx.profile.kind != "cuda" or not ctx.judged_on_accelerator:
+        return None
+    layout = ctx.layout
+    if layout is None or not layout.conv2d_layers or layout.conv2d_share < CUDNN_CONV_SHARE:
+        return None
+    if ctx.debug.cudnn_benchmark or ctx.debug.deterministic:
+        return None  # on already, or the run asked for determinism (benchmark would override it)
+    if not fixed_shapes(layout.input_shapes):
+        return None  # varying shapes: benchmark would search again for every new shape
+    fix = fix_text(ctx, lightning="Trainer(benchmark=True)",
+                   hf="torch.backends.cudnn.benchmark = True before trainer.train()",
+                   torch="torch.backends.cudnn.benchmark = True before the training loop")
+    shape = list(layout.input_shapes[0])
+    return REGISTRY["cudnn-benchmark-off"].make(
+        ctx.phase,
+        f"A conv model ({layout.conv2d_layers} Conv2d layers) sees one fixed input shape {shape} in all "
+        f"{len(layout.input_shapes)} observed steps, but torch.backends.cudnn.benchmark is off: cuDNN never "
+        f"times its algorithms for it.",
+        fix, evidence={"input_shape": shape, "shapes_observed": len(layout.input_shapes),
+                       "distinct_shapes": len(set(layout.input_shapes)), "conv2d_layers": layout.conv2d_layers,
+                       "cudnn_benchmark": False, "device": ctx.profile.name})

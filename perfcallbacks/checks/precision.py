@@ -99,3 +99,65 @@ def bf16_emulated(ctx: RunContext) -> Hint | None:
                        "autocast_dtype": ctx.autocast_dtype, "bf16_support": profile.supports("bf16"),
                        "isa": list(profile.isa)},
         impact=CPU_BF16_EMULATION_SLOWDOWN if on_cpu else None)
+
+
+# fp8-eligible: torchao float8 training pays for large GEMMs only (1.39x on large layers, 0.80x on small).
+FP8_BREAK_EVEN_DIM = 2048  # both in and out features
+FP8_BREAK_EVEN_TOKENS = 2048  # rows (tokens) per GEMM
+FP8_MIN_SHARE = 0.5  # eligible layers' share of the Linear+Conv FLOPs
+FP8_LARGE_SPEEDUP = 1.39
+FP8_LAYERS_KEPT = 8
+
+
+def _uses_fp8(ctx: RunContext) -> bool:
+    precision = str(ctx.precision or "").lower()
+    if "fp8" in precision or "transformer-engine" in precision:
+        return True
+    if ctx.model is None:
+        return False
+    return any(type(m).__module__.startswith(("torchao.float8", "transformer_engine")) for m in ctx.model.modules())
+
+
+def _tokens_per_step(ctx: RunContext) -> int | None:
+    sizes = [b.total_tokens or b.batch_size for b in ctx.batches if (b.total_tokens or b.batch_size)]
+    return int(sorted(sizes)[len(sizes) // 2]) if sizes else None
+
+
+@check("fp8-eligible", phases=("warmup",))
+def fp8_eligible(ctx: RunContext) -> Hint | None:
+    from perfcallbacks.checks.model import gemm_layers
+
+    profile = ctx.profile
+    if profile.supports("fp8") != FAST or not ctx.judged_on_accelerator or ctx.model is None or _uses_fp8(ctx):
+        return None
+    layers = gemm_layers(ctx.model)
+    eligible = [l for l in layers if l.kind == "linear"
+                and min(l.in_dim, l.out_dim) >= FP8_BREAK_EVEN_DIM]
+    share = sum(l.share for l in eligible)
+    if share < FP8_MIN_SHARE:
+        return None
+    tokens = _tokens_per_step(ctx)
+    if tokens is not None and tokens < FP8_BREAK_EVEN_TOKENS:
+        return None  # too few rows per GEMM: the casts cost more than the faster GEMM
+    impact = 1.0 / ((1.0 - share) + share / FP8_LARGE_SPEEDUP)
+    filter_fn = (f"module_filter_fn=lambda m, fqn: isinstance(m, torch.nn.Linear) and "
+                 f"min(m.in_features, m.out_features) >= {FP8_BREAK_EVEN_DIM}")
+    fix = fix_text(ctx,
+                   lightning=f"in LightningModule.configure_model: from torchao.float8 import "
+                             f"convert_to_float8_training; convert_to_float8_training(self, {filter_fn}); "
+                             f"Trainer(precision=\"bf16-mixed\")",
+                   hf=f"from torchao.float8 import convert_to_float8_training; convert_to_float8_training(model, "
+                      f"{filter_fn}) before Trainer(...); TrainingArguments(bf16=True)",
+                   torch=f"from torchao.float8 import convert_to_float8_training; "
+                         f"convert_to_float8_training(model, {filter_fn}); then torch.compile(model)")
+    return REGISTRY["fp8-eligible"].make(
+        ctx.phase,
+        f"{profile.name} has fast FP8 and {len(eligible)} Linear layers at or above the break-even size "
+        f"({FP8_BREAK_EVEN_DIM}) carry {share:.0%} of the model's GEMM FLOPs.",
+        fix,
+        evidence={"device": profile.name, "eligible_layers": len(eligible), "eligible_flop_share": round(share, 4),
+                  "break_even_dim": FP8_BREAK_EVEN_DIM, "break_even_tokens": FP8_BREAK_EVEN_TOKENS,
+                  "tokens_per_step": tokens,
+                  "layers": [{"name": l.name, "in": l.in_dim, "out": l.out_dim, "flop_share": round(l.share, 4)}
+                             for l in eligible[:FP8_LAYERS_KEPT]]},
+        impact=impact)
