@@ -12,8 +12,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from perfcallbacks.device import close_matches
-
 SEVERITIES = ("info", "warning", "critical")
 PHASES = ("setup", "warmup", "inference", "export")
 CATEGORIES = ("device", "precision", "alignment", "batch", "padding", "data", "inference", "model",
@@ -29,6 +27,19 @@ class PerfHintWarning(UserWarning):
         >>> import warnings
         >>> from perfcallbacks import PerfHintWarning
         >>> warnings.filterwarnings("ignore", category=PerfHintWarning)
+    """
+
+
+class PerfCallbacksIOWarning(UserWarning):
+    """perfcallbacks could not do its own I/O (e.g. write the report). Not a :class:`PerfHintWarning`,
+    so a filter that silences hints never hides a lost report.
+
+    Example::
+
+        >>> import warnings
+        >>> from perfcallbacks.hints import PerfCallbacksIOWarning, PerfHintWarning
+        >>> issubclass(PerfCallbacksIOWarning, PerfHintWarning), issubclass(PerfCallbacksIOWarning, UserWarning)
+        (False, True)
     """
 
 
@@ -61,9 +72,13 @@ class Hint:
     fix: str
     evidence: dict[str, Any] = field(default_factory=dict)
     impact: float | None = None
+    # Kept in the report but left out of tables and warnings (``suppress=`` or a warnings filter).
+    suppressed: bool = False
+    # Id of the applied fix that made this finding moot (e.g. int8-available after dynamic-quantization).
+    resolved_by: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "id": self.id,
             "category": self.category,
             "severity": self.severity,
@@ -73,6 +88,11 @@ class Hint:
             "evidence": dict(self.evidence),
             "impact": self.impact,
         }
+        if self.suppressed:  # written only when set: reports without them read as before
+            data["suppressed"] = True
+        if self.resolved_by:
+            data["resolved_by"] = self.resolved_by
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Hint:
@@ -85,6 +105,8 @@ class Hint:
             fix=data["fix"],
             evidence=dict(data.get("evidence") or {}),
             impact=data.get("impact"),
+            suppressed=bool(data.get("suppressed", False)),
+            resolved_by=data.get("resolved_by") or None,
         )
 
     @property
@@ -277,6 +299,8 @@ def spec(hint_id: str) -> HintSpec:
 
 
 def unknown_id_message(argument: str, hint_id: Any) -> str:
+    from perfcallbacks.device import close_matches  # lazy: device imports torch, the CLI parent must not
+
     matches = close_matches(str(hint_id), list(REGISTRY))
     maybe = f" Did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
     return f"{argument}: unknown hint id {hint_id!r}.{maybe} Known ids: {', '.join(sorted(REGISTRY))}"
@@ -299,6 +323,223 @@ def validate_suppress(suppress: Iterable[str] | str | None, argument: str = "sup
     return frozenset(ids)
 
 
-def warn_hint(hint: Hint, stacklevel: int = 2) -> None:
-    """Emit ``hint`` as a :class:`PerfHintWarning` (the caller guarantees once and rank zero)."""
-    warnings.warn(f"[{hint.id}] {hint.message} Fix: {hint.fix}", PerfHintWarning, stacklevel=stacklevel)
+# -- warnings at the user's code -----------------------------------------------------------------
+# Frames in these packages (and the standard library) are never "the user's code".
+LIBRARY_PACKAGES = ("perfcallbacks", "lightning", "pytorch_lightning", "lightning_fabric", "lightning_utilities",
+                    "transformers", "accelerate", "torch", "_perfhints_hook")
+
+
+def _library_dirs() -> tuple[str, ...]:
+    import os
+    import sys
+    import sysconfig
+
+    dirs = []
+    for name in LIBRARY_PACKAGES:
+        module = sys.modules.get(name)  # never import a framework just to skip its frames
+        path = getattr(module, "__file__", None)
+        if path:
+            dirs.append(os.path.dirname(os.path.abspath(path)) + (os.sep if name != "_perfhints_hook" else ""))
+    for key in ("stdlib", "platstdlib"):
+        path = sysconfig.get_paths().get(key)
+        if path:
+            dirs.append(os.path.abspath(path) + os.sep)
+    # perfcallbacks itself, even when imported under another name in tests
+    dirs.append(os.path.dirname(os.path.abspath(__file__)) + os.sep)
+    return tuple(dirs)
+
+
+def _is_library_file(filename: str, dirs: tuple[str, ...]) -> bool:
+    import os
+
+    if filename.startswith("<frozen") or filename.startswith("<__array_function__"):
+        return True
+    if filename.startswith("<"):
+        return False  # <stdin>, <string>, notebook cells: code the user typed
+    path = os.path.abspath(filename)
+    return path.startswith(dirs) or os.sep + "site-packages" + os.sep + "_pytest" + os.sep in path
+
+
+def user_code_location(obj: Any = None) -> tuple[str, int] | None:
+    """``(filename, line)`` of the user's code a hint should point at, or ``None``.
+
+    With ``obj`` (a class or an instance, e.g. the ``LightningModule`` or ``nn.Module``): the
+    line that defines its class, when that class is the user's own (not a library class such as
+    ``BertForSequenceClassification``). Otherwise (or as fallback): the innermost stack frame
+    outside perfcallbacks, Lightning, transformers, accelerate, torch and the standard library:
+    in a callback hook that is the user's ``trainer.fit(...)`` / ``trainer.train()`` line.
+
+    Example::
+
+        >>> from perfcallbacks.hints import user_code_location
+        >>> class MyNet: ...
+        >>> user_code_location(MyNet) is None or isinstance(user_code_location(MyNet)[1], int)
+        True
+    """
+    import inspect
+    import sys
+
+    dirs = _library_dirs()
+    if obj is not None:
+        cls = obj if isinstance(obj, type) else type(obj)
+        try:
+            filename = inspect.getsourcefile(cls)
+            if filename and not _is_library_file(filename, dirs):
+                return filename, inspect.getsourcelines(cls)[1]
+        except (TypeError, OSError):
+            pass  # built in, defined in a REPL without source, or the file is gone: use the stack
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not _is_library_file(filename, dirs):
+            return filename, frame.f_lineno
+        frame = frame.f_back
+    return None
+
+
+def _stacklevel_leaving_library() -> int:
+    """``stacklevel`` for a ``warnings.warn`` made in :func:`warn_hint` that lands outside the libraries."""
+    import sys
+
+    dirs = _library_dirs()
+    level, frame = 1, sys._getframe(1)  # level 1 = warn_hint's own frame as warnings.warn counts
+    while frame is not None and _is_library_file(frame.f_code.co_filename, dirs):
+        frame = frame.f_back
+        level += 1
+    return level if frame is not None else 2
+
+
+def format_hint_warning(hint: Hint) -> str:
+    """The warning text: evidence -> why -> fix -> how to silence this one -> where to read more.
+
+    Starts with ``[id]`` so ``warnings.filterwarnings("ignore", message=r"\\[padding-waste\\]")`` works.
+
+    Example::
+
+        >>> from perfcallbacks.hints import REGISTRY, format_hint_warning
+        >>> h = REGISTRY["padding-waste"].make("warmup", "61% of tokens are padding.", "DataCollatorWithPadding(tok)")
+        >>> print(format_hint_warning(h).splitlines()[0])
+        [padding-waste] 61% of tokens are padding.
+    """
+    entry = REGISTRY.get(hint.id)
+    lines = [f"[{hint.id}] {hint.message}"]
+    if hint.impact is not None:
+        lines[0] += f" (estimated {hint.impact:.2f}x)"
+    if entry is not None and entry.why:
+        lines.append(f"  why: {entry.why}")
+    lines.append("  fix:")
+    lines.extend(f"    {line}" for line in hint.fix.splitlines() or [""])
+    lines.append(f'  silence this one: suppress=["{hint.id}"] (or PERFHINTS_SUPPRESS={hint.id})')
+    lines.append(f"  more: perfhints explain {hint.id}")
+    return "\n".join(lines)
+
+
+def warn_hint(hint: Hint, stacklevel: int | None = None, *, user_frame: Any = None) -> None:
+    """Emit ``hint`` as a :class:`PerfHintWarning` (the caller guarantees once and rank zero).
+
+    ``user_frame`` is where the warning points: a ``(filename, line)`` pair (see
+    :func:`user_code_location`) or a frame object; it is emitted there with
+    ``warnings.warn_explicit``, so ``filterwarnings(..., module=...)`` and the printed location
+    are the user's. Without it, ``stacklevel`` (default: the first frame outside the libraries).
+    A filter that turns the warning into an error makes this raise: use
+    :func:`emit_hint_warning` where that must not stop the caller.
+    """
+    message = format_hint_warning(hint)
+    location = user_frame
+    if location is not None and hasattr(location, "f_code"):
+        location = (location.f_code.co_filename, location.f_lineno)
+    if location is not None:
+        import sys
+
+        filename, lineno = str(location[0]), int(location[1])
+        module = next((name for name, mod in list(sys.modules.items())
+                       if getattr(mod, "__file__", None) == filename), None)
+        if module is None:
+            module = filename[:-3] if filename.endswith(".py") else filename
+        with _bars_cleared():
+            warnings.warn_explicit(message, PerfHintWarning, filename, lineno, module=module,
+                                   registry=_WARN_REGISTRY.setdefault(filename, {}))
+        return
+    level = stacklevel if stacklevel is not None else _stacklevel_leaving_library()
+    with _bars_cleared():
+        warnings.warn(message, PerfHintWarning, stacklevel=level)
+
+
+def _bars_cleared() -> Any:
+    """A context in which a printed warning does not land on a tqdm progress bar's line."""
+    from perfcallbacks.output import progress_safe
+
+    return progress_safe()
+
+
+# Per-file registries for warn_explicit: "default"/"once" actions then deduplicate as for warnings.warn.
+_WARN_REGISTRY: dict[str, dict] = {}
+
+
+def emit_hint_warning(hint: Hint, *, user_frame: Any = None, stacklevel: int | None = None) -> BaseException | None:
+    """Warn about ``hint`` without ever stopping the caller; returns the error a filter made of it.
+
+    With ``warnings.simplefilter("error", PerfHintWarning)`` (or ``-W error``) the warning is
+    raised; here it is caught and returned, so observation goes on and the hint is still recorded.
+    The caller keeps the first returned error and re-raises it at the documented point: **at the
+    end of the warm-up** for training hints (after the table is shown and the report written) and
+    **at the end of the stage** for inference hints. Any other failure of the warnings machinery
+    (a broken ``showwarning``) is logged at DEBUG and returns ``None``.
+
+    Example::
+
+        >>> import warnings
+        >>> from perfcallbacks.hints import REGISTRY, emit_hint_warning
+        >>> h = REGISTRY["gpu-unused"].make("setup", "GPU idle.", "use it")
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("error", PerfHintWarning)
+        ...     err = emit_hint_warning(h)
+        >>> type(err).__name__
+        'PerfHintWarning'
+    """
+    try:
+        warn_hint(hint, stacklevel, user_frame=user_frame)
+    except Warning as err:  # a filter turned it into an exception: the caller decides when to raise
+        return err
+    except Exception:  # noqa: BLE001 - principle 1: our warning never breaks the run
+        import logging
+
+        logging.getLogger("perfcallbacks").debug("perfcallbacks: could not emit a warning", exc_info=True)
+    return None
+
+
+def hint_silenced_by_filters(hint: Hint, location: tuple[str, int] | None = None) -> bool:
+    """True when the active warnings filters would ignore this hint's warning.
+
+    Lets tables drop what the user silenced with ``warnings.filterwarnings("ignore", ...)``
+    (one way to silence: a filtered hint is marked ``suppressed`` like ``suppress=``).
+
+    Example::
+
+        >>> import warnings
+        >>> from perfcallbacks.hints import REGISTRY, hint_silenced_by_filters
+        >>> h = REGISTRY["gpu-unused"].make("setup", "GPU idle.", "use it")
+        >>> with warnings.catch_warnings():
+        ...     warnings.filterwarnings("ignore", message=r"\\[gpu-unused\\]")
+        ...     hint_silenced_by_filters(h)
+        True
+    """
+    import re
+
+    text = format_hint_warning(hint)
+    filename, lineno = location or ("", 0)
+    module = filename[:-3] if filename.endswith(".py") else filename
+    for action, msg, category, mod, line in warnings.filters:
+        if msg is not None and not (msg.match(text) if hasattr(msg, "match") else re.match(msg, text, re.I)):
+            continue
+        if not issubclass(PerfHintWarning, category):
+            continue
+        if mod is not None and location is not None and not (mod.match(module) if hasattr(mod, "match") else
+                                                             re.match(mod, module)):
+            continue
+        if mod is not None and location is None and getattr(mod, "pattern", mod) not in ("", ".*"):
+            continue  # a module-scoped filter cannot be judged without a location
+        if line and location is not None and line != lineno:
+            continue
+        return action == "ignore"
+    return False
