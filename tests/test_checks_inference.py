@@ -59,7 +59,7 @@ def test_int8_available_estimated_for_linear_heavy_cpu_model(cpu_profile):
     hint = _run(_mlp(), local=cpu_profile)["int8-available"]
     assert hint.evidence["linear_flop_share"] == 1.0 and hint.evidence["measured_speedup"] is None
     assert hint.impact == pytest.approx(1.37)
-    assert "quantize_dynamic" in hint.fix
+    assert "quantize_guarded" in hint.fix and "quantize_dynamic" not in hint.fix
 
 
 def test_int8_available_uses_measured_result(cpu_profile):
@@ -67,6 +67,48 @@ def test_int8_available_uses_measured_result(cpu_profile):
     hint = _run(_mlp(), local=cpu_profile, measurements=measured)["int8-available"]
     assert hint.impact == 1.8 and hint.evidence["fidelity"] == {"cosine_min": 0.999}
     assert "int8-available" not in _run(_mlp(), local=cpu_profile, measurements={"int8": {"speedup": 0.9}})
+
+
+def test_int8_available_not_rewarned_after_auto_apply_applied_it(cpu_profile):
+    applied = {"int8": {"speedup": 1.6, "fidelity": {"cosine_min": 0.995}, "source": "fix", "status": "applied"}}
+    assert "int8-available" not in _run(_mlp(), local=cpu_profile, measurements=applied)
+    # A probe's guard verdict applies nothing: the opportunity is still open, with the measured number.
+    probed = {"int8": {"speedup": 1.6, "fidelity": {"cosine_min": 0.995}, "source": "probe", "status": "applied"}}
+    assert _run(_mlp(), local=cpu_profile, measurements=probed)["int8-available"].impact == 1.6
+    # Measured faster but rejected by the guard (outputs beyond tolerance): not safe, not advised.
+    unfaithful = {"int8": {"speedup": 1.6, "fidelity": {"cosine_min": 0.9}, "source": "fix", "status": "rejected"}}
+    assert "int8-available" not in _run(_mlp(), local=cpu_profile, measurements=unfaithful)
+
+
+def test_fix_texts_recommend_no_deprecated_api(cpu_profile):
+    """No torch.ao.quantization / TorchScript in any fix string of these checks, on any framework."""
+    import transformers
+
+    from perfcallbacks.context import BatchStats
+
+    config = transformers.BertConfig(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                     intermediate_size=64, vocab_size=1000, max_position_embeddings=32)
+    models = [_mlp(), transformers.BertForMaskedLM(config), transformers.BertForSequenceClassification(config),
+              nn.Sequential(nn.Linear(767, 767), nn.ReLU(), nn.Linear(767, 767), nn.ReLU(), nn.Linear(767, 2))]
+    fixes = []
+    for framework in ("torch", "lightning", "hf"):
+        for model in models:
+            for target in (None, "a100"):
+                adv = Advisor(model, warn=False, framework=framework, local=cpu_profile, target=target,
+                              latency_budget_ms=None)
+                adv.context.batches = [BatchStats(batch_size=8, seq_len=128, lengths=(10,) * 8)] * 4
+                adv.context.inference_batches = list(adv.context.batches)
+                adv.context.inference = InferenceInfo(calls=4, grad_enabled_calls=4)
+                adv.context.measurements.update({
+                    "threads": {"current": 2, "latency_s": {"1": 0.010, "2": 0.016}},
+                    "batch_scaling": {"batch_size": 8, "latency_s": {"8": 0.010, "16": 0.011}}})
+                for phase in ("setup", "warmup", "inference"):
+                    adv.run_checks(phase)
+                fixes += [h.fix for h in adv.hints.values()]
+    assert len(fixes) > 20
+    for fix in fixes:
+        for banned in ("torch.ao.quantization", "quantize_dynamic", "torch.jit", "TorchScript", "torchscript"):
+            assert banned not in fix, fix
 
 
 def test_int8_available_quiet_for_conv_tiny_quantized_gpu_or_suppressed(cpu_profile):
@@ -119,8 +161,7 @@ def test_threads_untuned_quiet_within_noise_or_suppressed(cpu_profile):
 
 def test_thread_candidates_bounded():
     assert thread_candidates(2, 2) == [1, 2]
-    assert thread_candidates(2, 4) == [1, 2, 4]  # the current count is always measured
-    assert thread_candidates(64, 64) == [1, 2, 4, 8, 16, 32, 64]
+    assert thread_candidates(64, 64) == [1, 2, 4, 8, 16, 32, 64]  # more cases in test_probes.py
 
 
 # -- repeated-inputs --------------------------------------------------------------

@@ -159,3 +159,52 @@ def test_static_batches_behind_a_dynamic_collator_still_get_the_tokenize_fix(cpu
     adv.run_checks("warmup")
     assert "DataCollatorWithPadding" in adv.hints["padding-waste"].fix
     assert "without padding" in adv.hints["padding-waste"].fix or "padding=False" in adv.hints["padding-waste"].fix
+
+
+def test_observed_lengths_decide_dynamic_padding_before_the_collator_name():
+    from perfcallbacks.checks.padding import observed_padding
+
+    lengths = _lengths(320)
+    assert observed_padding(_batches(lengths, 32)) == "dynamic"
+    assert observed_padding(_batches(lengths, 32, padded=128)) == "static"
+    assert observed_padding(_batches(lengths[:32], 32)) is None  # one batch cannot tell
+    rounded = [BatchStats(batch_size=2, seq_len=16, lengths=(9, 3)), BatchStats(batch_size=2, seq_len=8, lengths=(5, 2))]
+    assert observed_padding(rounded) == "dynamic"  # pad_to_multiple_of=8 still pads per batch
+    assert observed_padding(rounded, pad_to_multiple_of=16) is None  # 8 is not a multiple of 16 above 5
+
+
+def test_custom_collate_that_pads_per_batch_is_not_told_to_pad_dynamically(cpu_profile):
+    # A plain loop's own collate fn (name unknown to us) whose batches are each padded to their longest row.
+    adv = _adv(_batches(_lengths(320), 32), local=cpu_profile, settings={"collator": "__main__.collate"})
+    adv.run_checks("warmup")
+    fix = adv.hints["padding-waste"].fix
+    assert "DataCollatorWithPadding" not in fix and "without padding" not in fix
+    assert "LengthGroupedBatchSampler" in fix
+
+
+def test_plain_loop_with_tokenizer_pad_longest_is_recognised_as_dynamic(minilm_dir, cpu_profile):
+    """The issue's plain loop (accelerate nlp_example shape): collate_fn calls tokenizer.pad(padding="longest")."""
+    from torch.utils.data import DataLoader
+    from transformers import AutoTokenizer
+
+    from perfcallbacks.checks.padding import observed_padding
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    rng = random.Random(1)
+    words = "the quick brown fox jumps over a lazy dog while it rains".split()
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 60))) for _ in range(48)]
+    features = [tokenizer(t, truncation=True, max_length=128) for t in texts]
+
+    def collate_fn(examples):
+        return tokenizer.pad(examples, padding="longest", return_tensors="pt")
+
+    loader = DataLoader(features, batch_size=4, shuffle=False, collate_fn=collate_fn)
+    adv = Advisor(None, loader, warn=False, local=cpu_profile, warmup_steps=12)
+    for batch in loader:
+        adv.observe_batch(batch)
+    adv.analyze()
+    padded = {b.seq_len for b in adv.context.batches}
+    assert len(padded) >= 5 and observed_padding(adv.context.batches) == "dynamic"
+    hint = adv.hints["padding-waste"]
+    assert "DataCollatorWithPadding" not in hint.fix and "without padding" not in hint.fix
+    assert "static-padding" not in adv.hints

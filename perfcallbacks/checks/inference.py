@@ -5,7 +5,8 @@ They read ``ctx.inference`` (how forwards ran), ``ctx.inference_batches``
 :func:`perfcallbacks.probes.run_inference_probes` (or by a guarded fix)::
 
     "threads":       {"current": 2, "latency_s": {"1": 0.031, "2": 0.018}}
-    "int8":          {"speedup": 1.37, "fidelity": {...}}       # measured int8 vs fp32
+    "int8":          {"speedup": 1.37, "fidelity": {...},       # measured int8 vs fp32
+                      "status": "applied", "source": "fix"}     # guard outcome; "probe" = measured only
     "autocast":      {"speedup": 1.9}                           # measured autocast vs fp32
     "grad_overhead": 1.15                                       # forward with autograd / inference_mode
 
@@ -37,6 +38,11 @@ THREADS_GAIN_MIN = 1.05
 # repeated-inputs: at least this many rows seen, and more than 20% duplicates.
 REPEAT_MIN_ROWS = 16
 REPEAT_SHARE = 0.20
+
+
+def _ms(seconds: float) -> str:
+    """Milliseconds with 3 significant digits (a 0.02 ms forward is not "0.0 ms")."""
+    return f"{seconds * 1e3:.3g} ms"
 
 
 def _judged_on_cpu(ctx: RunContext) -> bool:
@@ -78,8 +84,27 @@ def grad_in_inference(ctx: RunContext) -> Hint | None:
         impact=overhead if isinstance(overhead, (int, float)) and overhead > 1 else None)
 
 
+def _int8_outcome(ctx: RunContext) -> dict:
+    value = ctx.measurements.get("int8")
+    return value if isinstance(value, dict) else {}
+
+
 @check("int8-available", phases=("inference",))
 def int8_available(ctx: RunContext) -> Hint | None:
+    """int8 dynamic quantization would speed up CPU inference (measured when possible).
+
+    After ``auto_apply`` applied int8 (``measurements["int8"]`` from the fix with
+    ``status == "applied"``) the opportunity is taken: the hint does not fire and
+    the report's ``fixes`` entry carries the measured speedup and fidelity (a user
+    reads ``hints`` as what is still open). A guard that measured int8 faster but
+    rejected it (outputs beyond tolerance, or the task guard) silences the hint too:
+    the measurement says int8 is not safe for this model.
+    """
+    outcome = _int8_outcome(ctx)
+    if outcome.get("status") == "applied" and outcome.get("source") == "fix":
+        return None
+    if outcome.get("status") == "rejected" and (_measured_speedup(ctx, "int8") or 0) >= MEASURED_GAIN_MIN:
+        return None
     if not _judged_on_cpu(ctx) or ctx.profile.supports("int8_dynamic") in (EMULATED, UNSUPPORTED):
         return None
     if ctx.model is None or ctx.param_dtype not in (None, "fp32") or is_quantized(ctx.model):
@@ -102,9 +127,10 @@ def int8_available(ctx: RunContext) -> Hint | None:
                              "predict; or perfcallbacks.quantize_for_export(model, path, example_inputs=batch)",
                    hf="HFPerfHints(auto_apply=True) measures and keeps guarded int8 quantization for predict; "
                       "or perfcallbacks.quantize_for_export(model, path, example_inputs=batch)",
-                   torch="torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8) "
-                         "(check outputs), or perfcallbacks.quantize_for_export(model, path, example_inputs=batch)")
-    int8 = ctx.measurements.get("int8") if isinstance(ctx.measurements.get("int8"), dict) else {}
+                   torch="result, model = perfcallbacks.fixes.quantize_guarded(model, batch) (measures int8 on "
+                         "your batch and returns the fp32 model unless it is faster and faithful), or "
+                         "perfcallbacks.quantize_for_export(model, path, example_inputs=batch)")
+    int8 = outcome
     return REGISTRY["int8-available"].make(
         ctx.phase,
         f"CPU inference of an fp32 model whose Linear layers hold {share:.0%} of the GEMM FLOPs: int8 dynamic "
@@ -150,6 +176,15 @@ def autocast_available(ctx: RunContext) -> Hint | None:
 
 @check("threads-untuned", phases=("inference",))
 def threads_untuned(ctx: RunContext) -> Hint | None:
+    """The measured best intra-op thread count differs from the current one.
+
+    Timings whose ratio to the current count is physically impossible (more
+    threads faster than the thread ratio allows, or, within the cores, fewer
+    threads that much faster: :func:`perfcallbacks.probes.plausible_ratio`) are
+    measurement errors and are ignored, whoever measured them (probe or fix).
+    """
+    from perfcallbacks.probes import plausible_ratio
+
     measure = ctx.measurements.get("threads")
     if not isinstance(measure, dict) or ctx.judged_on_accelerator:
         return None
@@ -161,7 +196,13 @@ def threads_untuned(ctx: RunContext) -> Hint | None:
         except (TypeError, ValueError):
             continue
     current = measure.get("current")
-    if current not in latency or len(latency) < 2:
+    if current not in latency:
+        return None
+    cores = ctx.local.physical_cores or (ctx.threads.physical_cores if ctx.threads else None) or max(latency)
+    latency = {k: t for k, t in latency.items() if k == current or plausible_ratio(
+        min(k, current), max(k, current), latency[min(k, current)] / latency[max(k, current)],
+        oversubscribed=max(k, current) > cores)}
+    if len(latency) < 2:
         return None
     best = min(latency, key=latency.__getitem__)
     gain = latency[current] / latency[best]
@@ -172,11 +213,12 @@ def threads_untuned(ctx: RunContext) -> Hint | None:
         fix += f"; {'PerfHintCallback' if ctx.framework == 'lightning' else 'HFPerfHints'}(auto_apply=True) does it"
     return REGISTRY["threads-untuned"].make(
         ctx.phase,
-        f"Inference with {current} intra-op threads takes {latency[current] * 1e3:.1f} ms per batch; "
-        f"{best} threads take {latency[best] * 1e3:.1f} ms ({gain:.2f}x faster).",
+        f"Inference with {current} intra-op threads takes {_ms(latency[current])} per batch; "
+        f"{best} threads take {_ms(latency[best])} ({gain:.2f}x faster, steady-state medians).",
         fix,
         evidence={"current_threads": current, "best_threads": best,
-                  "latency_ms": {str(k): round(v * 1e3, 3) for k, v in sorted(latency.items())}},
+                  "latency_ms": {str(k): float(f"{v * 1e3:.4g}") for k, v in sorted(latency.items())},
+                  "dropped_as_implausible": measure.get("dropped")},
         impact=gain)
 
 

@@ -173,14 +173,45 @@ def _collator_snippet(ctx: RunContext) -> str:
     return f"DataCollatorWithPadding(tokenizer{multiple})"
 
 
+# Share of observed batches that must be padded to their own longest row (up to
+# pad_to_multiple_of) for the loader to count as padding dynamically.
+DYNAMIC_BATCH_SHARE = 0.9
+
+
+def observed_padding(batches: Sequence[BatchStats], pad_to_multiple_of: int | None = None) -> str | None:
+    """What the observed shapes say: ``"static"``, ``"dynamic"``, or ``None`` (they cannot tell).
+
+    Static: at least two batches, all padded to one length above every real row.
+    Dynamic: at least two different padded lengths, and (nearly) every batch
+    padded exactly to its own longest row, rounded up to ``pad_to_multiple_of``
+    (or to 8, the usual accelerator setting, when unknown).
+
+    Example::
+
+        >>> from perfcallbacks.context import BatchStats
+        >>> observed_padding([BatchStats(batch_size=2, seq_len=9, lengths=(9, 3)),
+        ...                   BatchStats(batch_size=2, seq_len=5, lengths=(2, 5))])
+        'dynamic'
+    """
+    usable = [b for b in batches if b.seq_len and b.lengths]
+    if len(usable) < STATIC_MIN_BATCHES:
+        return None
+    padded = {b.seq_len for b in usable}
+    if len(padded) == 1:
+        return "static" if max(max(b.lengths) for b in usable) < next(iter(padded)) else None
+    multiples = {1, 8} if not pad_to_multiple_of else {1, int(pad_to_multiple_of)}
+    tight = sum(1 for b in usable if any(b.seq_len == _round_up(max(b.lengths), m) for m in multiples))
+    return "dynamic" if tight >= DYNAMIC_BATCH_SHARE * len(usable) else None
+
+
 def _is_dynamic(ctx: RunContext, batches: Sequence[BatchStats] = ()) -> bool:
-    """Whether batches are already padded per batch. The observed shapes win over the
-    configuration: data tokenized with ``padding="max_length"`` stays static even
-    behind a ``DataCollatorWithPadding``."""
-    padded = {b.seq_len for b in batches if b.seq_len and b.lengths}
-    if len(batches) >= STATIC_MIN_BATCHES and len(padded) == 1 and \
-            max(max(b.lengths) for b in batches if b.lengths) < next(iter(padded)):
-        return False
+    """Whether batches are already padded per batch: the observed lengths first, the
+    configuration second. Data tokenized with ``padding="max_length"`` stays static even
+    behind a ``DataCollatorWithPadding``; a plain collate fn calling
+    ``tokenizer.pad(padding="longest")`` is dynamic whatever its name."""
+    seen = observed_padding(batches, ctx.settings.get("pad_to_multiple_of"))
+    if seen is not None:
+        return seen == "dynamic"
     collator = str(ctx.settings.get("collator") or (ctx.loader.collate_fn if ctx.loader else "") or "")
     padding = ctx.settings.get("tokenizer_padding")
     return padding != "max_length" and ("WithPadding" in collator or "ForLanguageModeling" in collator
