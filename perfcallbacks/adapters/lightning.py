@@ -9,6 +9,7 @@ returns after checking one bool.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -28,22 +29,21 @@ from lightning.pytorch.strategies import ParallelStrategy  # noqa: E402
 
 from perfcallbacks.adapters.common import (  # noqa: E402
     ExampleBatch,
-    cap_training_threads,
-    MethodPatch,
-    ModuleSwap,
     default_report_path,
     find_pad_token_id,
     format_fixes,
-    hint_count_metrics,
     is_distributed_name,
-    run_inference_fixes,
+    raise_requested,
     safe_hook,
 )
 from perfcallbacks.adapters.facts import lightning_run_facts, observe_gradients  # noqa: E402
-from perfcallbacks.advisor import INFERENCE_BATCHES_OBSERVED, Advisor, validate_common_args  # noqa: E402
-from perfcallbacks.context import InferenceInfo  # noqa: E402
+from perfcallbacks.advisor import INFERENCE_BATCHES_OBSERVED, Advisor  # noqa: E402
+from perfcallbacks.hints import user_code_location  # noqa: E402
+from perfcallbacks.measure import device_synchronizer  # noqa: E402
+from perfcallbacks.options import Options, enabled_by_env  # noqa: E402
 from perfcallbacks.device import DeviceProfile  # noqa: E402
 from perfcallbacks.report import FixResult  # noqa: E402
+from perfcallbacks import output  # noqa: E402
 
 log = logging.getLogger("perfcallbacks")
 
@@ -65,8 +65,15 @@ class PerfHintCallback(Callback):
         suppress: hint ids never to emit (a typo raises ``ValueError``).
         report_path: JSON report file; ``None`` = ``trainer.log_dir/perf_hints.json``.
         latency_budget_ms: per-batch latency budget for inference batch-size advice.
-        verbose: print the summary table at the end of warm-up and at fit end.
+        verbose: print the summary table at the end of warm-up (one table per fit; a one-line
+            "unchanged" note at fit end when nothing new was found), through the progress bar.
+        fail_on: ``"warning"`` / ``"critical"`` (or ``"info"``): raise :class:`~perfcallbacks.PerfHintError`
+            at the end of fit / validate / test / predict when a hint at or above it was found.
         local: the local device profile (default: detected); tests pass a preset.
+
+    ``PERFHINTS=off`` in the environment makes the callback a no-op; ``PERFHINTS_SUPPRESS=id,id`` adds
+    suppressions. A ``warnings`` filter that turns ``PerfHintWarning`` into errors never stops
+    observation: the hint is recorded and the error is raised at the end of the warm-up.
 
     Raises:
         TypeError / ValueError: for bad arguments, naming the argument.
@@ -92,22 +99,26 @@ class PerfHintCallback(Callback):
         report_path: str | Path | None = None,
         latency_budget_ms: float | None = None,
         verbose: bool = True,
+        fail_on: str | None = None,
         *,
         local: DeviceProfile | None = None,
     ) -> None:
-        args = validate_common_args(warmup_steps=warmup_steps, target=target, suppress=suppress,
+        options = Options.from_args(warmup_steps=warmup_steps, target=target, suppress=suppress,
                                     report_path=report_path, latency_budget_ms=latency_budget_ms,
-                                    auto_apply=auto_apply, verbose=verbose)
+                                    auto_apply=auto_apply, verbose=verbose, fail_on=fail_on)
         if local is not None and not isinstance(local, DeviceProfile):
             raise TypeError(f"local must be None or a DeviceProfile, got {type(local).__name__}")
+        self.options = options
         self.auto_apply = auto_apply
-        self.warmup_steps: int = args["warmup_steps"]
-        self.target = args["target"]
-        self.suppress = tuple(sorted(args["suppress"]))
-        self.report_path: Path | None = args["report_path"]
-        self.latency_budget_ms: float | None = args["latency_budget_ms"]
+        self.warmup_steps: int = options.warmup_steps
+        self.target = options.target
+        self.suppress = tuple(sorted(options.suppress))
+        self.report_path: Path | None = options.report_path
+        self.latency_budget_ms: float | None = options.latency_budget_ms
         self.verbose = verbose
+        self.fail_on = options.fail_on
         self.local = local
+        self._off = not options.enabled
         self.report_written: Path | None = None
         self._advisor: Advisor | None = None
         self._pending_state: dict[str, Any] | None = None
@@ -123,8 +134,8 @@ class PerfHintCallback(Callback):
         self._fit_val_seen = False
         self._train_ended = False  # on_train_end ran in this fit (Lightning skips it when nothing trains)
         self._examples = ExampleBatch()
-        self._patch: MethodPatch | None = None
-        self._swap: ModuleSwap | None = None
+        self._stage_started: float | None = None
+        self._table_signature: tuple | None = None  # what the last printed table showed
         self._call_hook: Any = None
         self._loop_call: tuple[bool, bool] | None = None  # (grad enabled, train mode) seen by the loop
 
@@ -135,7 +146,7 @@ class PerfHintCallback(Callback):
         if advisor is not None:
             state["_pending_state"] = advisor.state_dict()
         for key in ("_observing", "_stage", "_inference_stage", "_fit_val_seen", "_train_ended", "_examples",
-                    "_patch", "_swap", "_call_hook", "_loop_call"):
+                    "_stage_started", "_table_signature", "_call_hook", "_loop_call"):
             state.pop(key, None)
         return state
 
@@ -175,17 +186,21 @@ class PerfHintCallback(Callback):
         return self._hook_s
 
     # -- setup ----------------------------------------------------------------------------
-    @safe_hook
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._off = not (self.options.enabled and enabled_by_env())  # PERFHINTS=off may be set late
+        self._setup(trainer, pl_module, stage)
+
+    @safe_hook
+    def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._advisor is None:
-            self._advisor = Advisor(target=self.target, suppress=self.suppress, warmup_steps=self.warmup_steps,
-                                    auto_apply=self.auto_apply, latency_budget_ms=self.latency_budget_ms,
-                                    report_path=self.report_path, verbose=self.verbose,
-                                    framework="lightning", local=self.local)
+            # verbose=False: tables go through the progress bar here (output.emit_report), not print().
+            self._advisor = Advisor(framework="lightning", local=self.local,
+                                    options=dataclasses.replace(self.options, verbose=False))
             if self._pending_state:
                 self._load_into(self._advisor, self._pending_state)
                 self._pending_state = None
         self._advisor.is_rank_zero = trainer.is_global_zero
+        self._advisor.user_location = user_code_location(pl_module)
         if stage == "fit":
             self._fit_val_seen = False
             self._train_ended = False
@@ -194,7 +209,7 @@ class PerfHintCallback(Callback):
         """Fill the RunContext from the Trainer (after strategy setup: the model is on its device)."""
         advisor = self._advisor
         if advisor is None:  # setup() failed or was skipped: build the advisor now
-            self.setup(trainer, pl_module, "fit")
+            self._setup(trainer, pl_module, "fit")
             advisor = self._advisor
         assert advisor is not None  # for type checkers; setup always creates it
         ctx = advisor.context
@@ -208,6 +223,7 @@ class PerfHintCallback(Callback):
         ctx.strategy = strategy_name(strategy)
         ctx.distributed = isinstance(strategy, ParallelStrategy) or is_distributed_name(ctx.strategy)
         advisor.set_model(pl_module)
+        advisor.timer.sync = device_synchronizer(strategy.root_device)  # CUDA steps: time kernels, not launches
         ctx.pad_token_id = find_pad_token_id(pl_module)
         ctx.settings["lightning"] = {"accelerator": type(trainer.accelerator).__name__,
                                      "num_nodes": int(trainer.num_nodes),
@@ -218,8 +234,7 @@ class PerfHintCallback(Callback):
     @safe_hook
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         advisor = self._collect_context(trainer, pl_module)
-        if self.auto_apply:
-            cap_training_threads(advisor)
+        advisor.begin_stage("fit")  # auto_apply: the training thread cap, restored at fit end
         try:
             advisor.set_loader(trainer.train_dataloader)
         except Exception:  # an unreadable loader costs its own facts, not the setup checks and warm-up
@@ -288,6 +303,10 @@ class PerfHintCallback(Callback):
         except Exception:
             log.debug("perfcallbacks: could not gather step times across ranks", exc_info=True)
         advisor.finish_warmup()
+        if trainer.is_global_zero:
+            self._show_table(trainer)
+            self._write_report(trainer)
+        raise_requested(advisor, fail_on=False)  # a hint warning turned into an error: raised here, recorded
 
     @safe_hook
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -300,16 +319,32 @@ class PerfHintCallback(Callback):
         if self.auto_apply:
             self._export_int8(trainer, pl_module, advisor)
         self._write_report(trainer)
-        metrics = hint_count_metrics(advisor.report)
-        for logger in trainer.loggers:
+        report = advisor.report
+        counts = output.hint_counts_for_log(report)
+        for logger in trainer.loggers if counts else ():
             try:
-                logger.log_metrics(metrics, step=trainer.global_step)
+                logger.log_metrics(counts, step=trainer.global_step)
             except Exception:
                 log.debug("perfcallbacks: logger %s rejected hint counts", type(logger).__name__, exc_info=True)
-        if self.verbose:
-            print(advisor.summary())
-            if self.report_written:
-                print(f"perfcallbacks report: {self.report_written}")
+        output.log_to_lightning_loggers(trainer.loggers, report, trainer.global_step,
+                                        report_path=self.report_written)
+        self._show_table(trainer, at_end=True)
+
+    def _show_table(self, trainer: pl.Trainer, at_end: bool = False) -> None:
+        """One table per fit (end of warm-up); later only what changed, else a one-line note."""
+        advisor = self._advisor
+        if not self.verbose or advisor is None or not trainer.is_global_zero:
+            return
+        report = advisor.report
+        signature = output.report_signature(report)
+        if at_end and signature == self._table_signature:
+            output.emit_text(output.unchanged_line(report, self.report_written), trainer=trainer,
+                             framework="lightning")
+            return
+        self._table_signature = signature
+        output.emit_report(report, trainer=trainer, framework="lightning")
+        if at_end and self.report_written:
+            output.emit_text(f"perfcallbacks report: {self.report_written}", trainer=trainer, framework="lightning")
 
     def _export_int8(self, trainer: pl.Trainer, pl_module: pl.LightningModule, advisor: Advisor) -> None:
         """The export hook: an int8 artifact beside the last fp32 checkpoint (never over it)."""
@@ -333,18 +368,21 @@ class PerfHintCallback(Callback):
 
     @safe_hook
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """A fit with nothing to train (``max_steps=0``, ``limit_train_batches=0``) skips
-        ``on_train_start``/``on_train_end``: still judge the setup and write the report."""
-        if self._train_ended:
-            return
-        self._train_ended = True
-        self._observing = False
-        advisor = self._collect_context(trainer, pl_module)
-        advisor.run_checks("setup")
-        if not advisor.warmup_done:
-            advisor.finish_warmup()  # no collective here: every rank skipped training alike
-        if trainer.is_global_zero:
-            self._write_report(trainer)
+        """Restore what the fit changed (thread cap) and apply ``fail_on``. A fit with nothing to train
+        (``max_steps=0``, ``limit_train_batches=0``) skips ``on_train_start``/``on_train_end``: still
+        judge the setup and write the report."""
+        if not self._train_ended:
+            self._train_ended = True
+            self._observing = False
+            advisor = self._collect_context(trainer, pl_module)
+            advisor.run_checks("setup")
+            if not advisor.warmup_done:
+                advisor.finish_warmup()  # no collective here: every rank skipped training alike
+            if trainer.is_global_zero:
+                self._write_report(trainer)
+        if self._advisor is not None:
+            self._advisor.end_stage("fit")
+            raise_requested(self._advisor)
 
     # -- validate / test / predict ------------------------------------------------------------
     def _stage_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -356,12 +394,15 @@ class PerfHintCallback(Callback):
         advisor = self._collect_context(trainer, pl_module)
         if stage != "fit-validate":
             advisor.run_checks("setup")
-        advisor.context.inference = InferenceInfo(stage=stage)
-        advisor.context.inference_batches.clear()
+        advisor.begin_stage(stage)  # auto_apply: thread cap for the stage, restored at its end
         self._examples.clear(stage)
         self._loop_call = None
         self._stage = self._inference_stage = stage
+        self._stage_started = time.perf_counter()
         self._attach_call_observer(pl_module)
+        if self.auto_apply and stage != "fit-validate":
+            advisor.guard_inference(pl_module, _STEP_METHOD[stage], stage=stage,
+                                    expected_calls=_stage_batches(trainer, stage))
 
     def _attach_call_observer(self, pl_module: pl.LightningModule) -> None:
         """Forward pre-hook: how the user's forward actually runs (grad mode, train mode)."""
@@ -392,26 +433,9 @@ class PerfHintCallback(Callback):
         if self._loop_call is None:
             self._loop_call = (torch.is_grad_enabled(), pl_module.training)
         advisor.observe_batch(batch, inference=True)
-        if self._examples.offer(stage, batch) and self.auto_apply and stage != "fit-validate":
-            self._apply_inference_fixes(trainer, pl_module, batch, stage)
+        self._examples.offer(stage, batch)
         if len(advisor.context.inference_batches) >= INFERENCE_BATCHES_OBSERVED:
             self._inference_stage = None  # enough seen: later batches cost one None check
-
-    def _apply_inference_fixes(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                               stage: str) -> None:
-        advisor = self._advisor
-        assert advisor is not None
-        ctx = advisor.context
-        results, amp, int8_model = run_inference_fixes(
-            advisor, pl_module, batch, stage=stage, physical_cores=ctx.local.physical_cores or 1,
-            local_processes=ctx.local_world_size)
-        if amp is not None:
-            self._patch = MethodPatch(pl_module, ("forward", _STEP_METHOD[stage]), amp)
-        if int8_model is not None:
-            self._swap = ModuleSwap(pl_module, int8_model)
-        if self.verbose and trainer.is_global_zero:
-            for line in format_fixes(results):
-                print(line)
 
     def _stage_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "validate" and trainer.state.fn == "fit":
@@ -420,25 +444,37 @@ class PerfHintCallback(Callback):
                 self._detach_call_observer()
                 self._fill_loop_call()
                 if self._advisor is not None:
-                    self._advisor.run_checks("inference")
+                    self._advisor.end_stage("fit-validate")
+                    self._advisor.run_checks("inference")  # no probes inside fit: they would cost its time
             if self._observing and self._advisor is not None:
                 self._advisor.timer.reset_gap()  # validation time is not data wait
             return
         self._detach_call_observer()
-        self._restore_module()
         advisor = self._advisor
         if advisor is None or self._stage != stage:
             return
         self._stage = self._inference_stage = None
+        results = advisor.end_stage(stage)
         self._fill_loop_call()
         example = self._examples.get(stage)
         if example is not None:
-            advisor.probe_inference(pl_module, example)
+            advisor.probe_inference(pl_module, example, deadline_s=self._probe_deadline(advisor))
         else:
             advisor.run_checks("inference")
         self._examples.clear(stage)
         if trainer.is_global_zero:
             self._write_report(trainer)
+            if self.verbose:
+                for line in format_fixes(results):
+                    output.emit_text(line, trainer=trainer, framework="lightning")
+        raise_requested(advisor)
+
+    def _probe_deadline(self, advisor: Advisor) -> float:
+        """Probes after a stage cost the user's time: a share of the stage's own wall time (guard budget)."""
+        from perfcallbacks.probes import PROBE_BUDGET_S
+
+        elapsed = time.perf_counter() - (self._stage_started or time.perf_counter())
+        return max(0.05, min(PROBE_BUDGET_S, advisor.options.guard_budget * elapsed))
 
     def _fill_loop_call(self) -> None:
         """No forward pre-hook call seen (the step bypassed ``self(...)``): use the loop's own state."""
@@ -448,14 +484,6 @@ class PerfHintCallback(Callback):
         info = advisor.context.inference
         grad, training = self._loop_call
         info.calls, info.grad_enabled_calls, info.train_mode_calls = 1, int(grad), int(training)
-
-    def _restore_module(self) -> None:
-        if self._patch is not None:
-            self._patch.restore()
-            self._patch = None
-        if self._swap is not None:
-            self._swap.restore()
-            self._swap = None
 
     @safe_hook
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -501,13 +529,7 @@ class PerfHintCallback(Callback):
     def _safe_stage_batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any) -> None:
         self._stage_batch(trainer, pl_module, batch)
 
-    # -- nothing lost -------------------------------------------------------------------------
-    @safe_hook
-    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                           checkpoint: dict[str, Any]) -> None:
-        if self._swap is not None and self._swap.active and "state_dict" in checkpoint:
-            checkpoint["state_dict"] = self._swap.fp32_state_dict(checkpoint["state_dict"])
-
+    # -- nothing lost: fixes answer calls from a copy; the module and its checkpoints stay fp32 ------------
     @safe_hook
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._cleanup()
@@ -518,11 +540,12 @@ class PerfHintCallback(Callback):
 
     def _cleanup(self) -> None:
         self._detach_call_observer()
-        self._restore_module()
         self._stage = self._inference_stage = None
         self._observing = False
         if self._advisor is not None:
             self._advisor.detach_observer()
+            for stage in list(self._advisor.open_stages):  # an exception mid-stage: take the guard off, restore
+                self._advisor.end_stage(stage)
 
     # -- report -------------------------------------------------------------------------------
     def _write_report(self, trainer: pl.Trainer) -> Path | None:
@@ -530,7 +553,6 @@ class PerfHintCallback(Callback):
         if advisor is None:
             return None
         path = default_report_path(self.report_path, _log_dir(trainer))
-        advisor.overhead_s = max(advisor.overhead_s, self._hook_s)  # hooks include the advisor's own time
         start = time.perf_counter()
         written = advisor.write_report(path)
         self._report_s += time.perf_counter() - start
@@ -572,6 +594,22 @@ def gather_rank_timings(trainer: pl.Trainer, advisor: Advisor) -> None:
     timer.data_wait_times = [float(v) for v in waits[~torch.isnan(waits)]]
     medians = [float(r[~torch.isnan(r)].median()) if (~torch.isnan(r)).any() else None for r in steps]
     advisor.context.settings["step_time_median_per_rank_s"] = medians
+
+
+def _stage_batches(trainer: pl.Trainer, stage: str) -> int | None:
+    """Batches the stage will run (all dataloaders), ``None`` when a loader has no length."""
+    attr = {"validate": "num_val_batches", "test": "num_test_batches", "predict": "num_predict_batches"}[stage]
+    try:
+        counts = getattr(trainer, attr)
+        counts = counts if isinstance(counts, (list, tuple)) else [counts]
+        total = 0
+        for n in counts:
+            if n is None or not math.isfinite(float(n)):
+                return None
+            total += int(n)
+        return total or None
+    except Exception:
+        return None
 
 
 def _log_dir(trainer: pl.Trainer) -> str | None:

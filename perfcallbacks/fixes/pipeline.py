@@ -220,6 +220,8 @@ class FixSpec:
     exclusive_with: tuple[str, ...] = ()
     # Cheap structural test before any measuring: a reason it does not apply, or None.
     applies: Callable[[nn.Module, Any], str | None] | None = None
+    # The tolerance its candidates keep (planning: how many rows a fidelity claim needs).
+    tolerance: Any = None
     # Not applicable -> leave it out of the report (a Linear model has no conv layout to change).
     quiet_when_not_applicable: bool = False
 
@@ -399,7 +401,6 @@ class GuardedCalls:
         self.with_batch = with_batch or _replace_first_arg
         self.guard_budget = float(guard_budget)
         self.cache = cache
-        self.specs = self._applicable([s for s in (FIXES if specs is None else specs) if stage in s.stages])
         self.original = original if original is not None else getattr(owner, method)
         self.clock = clock
         self._sync = sync if sync is not None else device_synchronizer(device_of(owner))
@@ -407,10 +408,11 @@ class GuardedCalls:
         self.first_call_s: float | None = None
         self.active: Candidate | None = None  # the applied candidate answering calls
         self.trial: _Trial | None = None
-        self.pending: list[FixSpec] = list(self.specs)
         self.results: list[FixResult] = []
         self.cost_s = 0.0
         self._installed = False
+        self.specs = self._applicable([s for s in (FIXES if specs is None else specs) if stage in s.stages])
+        self.pending = list(self.specs)
 
     def _applicable(self, specs: list[FixSpec]) -> list[FixSpec]:
         keep = []
@@ -463,6 +465,10 @@ class GuardedCalls:
             raise err.original from None
 
     def _guarded_call(self, args: tuple, kwargs: dict) -> Any:
+        if self.calls == 1 and self.trial is None:
+            self._reuse_before_first_call(args, kwargs)
+            if self.trial is None and not self.pending:
+                return self._run_active(args, kwargs)
         ref_s, out = self._timed(lambda: self._run_active(args, kwargs), user=True)
         if self.first_call_s is None:
             self.first_call_s = ref_s
@@ -569,7 +575,7 @@ class GuardedCalls:
         per_call = self.first_call_s or 0.0
         from perfcallbacks.fixes._guard import Tolerance
 
-        needed = self._calls_needed(ref_out, batch, Tolerance())
+        needed = self._calls_needed(ref_out, batch, spec.tolerance if spec.tolerance is not None else Tolerance())
         estimate = per_call * (0.5 + needed * (1 + _BOOKKEEPING))
         allowed = self.guard_budget * job_s - self.cost_s
         if needed > remaining + 1 or estimate > allowed:
@@ -604,6 +610,37 @@ class GuardedCalls:
             if patched:
                 setattr(self.owner, self.method, self)
         return built, self.clock() - start
+
+    def _reuse_before_first_call(self, args: tuple, kwargs: dict) -> None:
+        """Fixes decided before for this model, these weights and shapes: settled before the job's first call.
+
+        Only decisions that need no measuring are settled here (applied with the same weights, or
+        rejected); the rest wait for the first call as usual.
+        """
+        try:
+            batch = self.batch_of(args, kwargs)
+            for spec in list(self.pending):
+                if self.active is not None and self.active.fix_id in spec.exclusive_with:
+                    break
+                parts = _key_parts(self.owner, spec, self.profile, batch)
+                if not parts:
+                    break
+                key, weights = parts
+                reused, source = _MEMO.get(key), "this process"
+                if reused is None and self.cache is not None:
+                    stored = self.cache.get(key)
+                    if stored:
+                        reused, source = {"decision": stored, "candidate": None, "weights": stored.get("weights")}, \
+                            "cache"
+                if reused is None or reused.get("weights") != weights:
+                    break  # measure or verify on the first call, in order
+                decision = reused.get("decision") or {}
+                if decision.get("status") not in ("applied", "rejected"):
+                    break
+                self.pending.remove(spec)
+                self._reuse(spec, reused, source, key, weights, batch, args, kwargs, None)
+        except Exception:  # principle 1: reuse is an optimisation; the first call measures instead
+            log.debug("perfcallbacks: could not reuse a decision", exc_info=True)
 
     def _reuse(self, spec: FixSpec, reused: dict[str, Any], source: str, key: str | None, weights: str | None,
                batch: Any, args: tuple, kwargs: dict, ref_out: Any) -> bool:
