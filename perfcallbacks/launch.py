@@ -12,7 +12,14 @@ starts (torchrun / accelerate / DDP-spawn ranks):
 The hook wraps ``Trainer.__init__`` of Lightning (``lightning.pytorch`` and
 ``pytorch_lightning``) and transformers once the program imports them. Each
 trainer writes its own part report; after the child exits the parent merges the
-parts into one report file, prints the table and returns the child's exit code.
+parts into one report file, prints the table and returns the child's exit code
+(or 3 with ``--fail-on SEVERITY`` when the program succeeded and a hint at or above
+that severity was found). No Trainer ran: no report is written, and it says so.
+``PERFHINTS=off``: the program runs as if ``perfhints run`` were not there.
+
+The parent never imports torch (it would hold ~230 MB for the whole run): it needs
+only the hint registry and the report; ``--target`` is checked by the child's
+start-up hook, before the program's first line.
 """
 
 from __future__ import annotations
@@ -29,7 +36,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from perfcallbacks.device import DeviceProfile, resolve_target
 from perfcallbacks.hints import SEVERITIES, validate_suppress
 from perfcallbacks.report import Report
 
@@ -38,6 +44,8 @@ BOOTSTRAP_DIR = str(Path(__file__).resolve().parent / "_bootstrap")
 DEFAULT_REPORT = "perf_hints.json"  # in the current directory, like coverage's .coverage
 # Exit status for our own usage errors (argparse's convention); the child's status passes through.
 USAGE_ERROR = 2
+# Exit status when --fail-on found a hint at or above its severity and the program itself succeeded.
+FAIL_ON_STATUS = 3
 # Interpreter names replaced by the one running perfhints: the bootstrap needs perfcallbacks importable.
 PYTHON_NAMES = ("python", "python3", f"python3.{sys.version_info[1]}")
 
@@ -58,7 +66,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("--auto-apply", action="store_true", help="apply the safe fixes after measuring them")
     parser.add_argument("--target", metavar="NAME",
-                        help=f"judge the run as if on this preset: {', '.join(DeviceProfile.presets())}")
+                        help="judge the run as if on this preset (perfhints device --target NAME; e.g. a100, t4)")
     parser.add_argument("--suppress", metavar="ID", nargs="+", action="extend", default=[],
                         help="hint ids never to emit (end the list with --)")
     parser.add_argument("--report", metavar="FILE", default=DEFAULT_REPORT,
@@ -70,6 +78,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="also print the callbacks' own tables during the run")
     parser.add_argument("--quiet", action="store_true",
                         help="do not print the hint table at exit (only the report path)")
+    parser.add_argument("--fail-on", metavar="SEVERITY", choices=SEVERITIES, default=None,
+                        help=f"exit with status {FAIL_ON_STATUS} after a program that succeeded when an open hint "
+                             f"at or above SEVERITY ({', '.join(SEVERITIES)}) was found (for CI)")
     parser.add_argument("-m", dest="module", nargs=argparse.REMAINDER, metavar="MODULE ...",
                         help="run a library module as a script, like python -m")
     parser.add_argument("program", nargs=argparse.REMAINDER, metavar="-- PROGRAM ...",
@@ -97,10 +108,20 @@ def build_command(program: Sequence[str], module: Sequence[str] | None = None) -
 
 
 def build_config(args: argparse.Namespace, parts_dir: str) -> dict[str, Any]:
-    """Validate the options here, in the parent, so a typo fails before the program starts."""
-    if args.target is not None:
-        resolve_target(args.target, argument="--target")  # ValueError listing the known presets
+    """Validate the options here, in the parent, so a typo fails before the program starts.
+
+    ``--target`` is checked by the child's start-up hook (``validate_target``): resolving a
+    preset needs torch, which the parent never imports."""
+    from perfcallbacks.options import env_suppress, validate_fail_on
+
+    if args.target is not None and (not isinstance(args.target, str) or not args.target.strip()):
+        raise ValueError(f"--target must name a device preset, got {args.target!r}")
     suppress = validate_suppress(args.suppress, argument="--suppress")
+    env_suppress()  # PERFHINTS_SUPPRESS: a typo fails here too, not silently in every Trainer
+    try:
+        validate_fail_on(getattr(args, "fail_on", None))
+    except ValueError as err:
+        raise ValueError(f"--fail-on: {err}") from None
     if args.warmup_steps < 0:
         raise ValueError(f"--warmup-steps must be >= 0, got {args.warmup_steps}")
     if args.latency_budget_ms is not None and not args.latency_budget_ms > 0:
@@ -117,6 +138,7 @@ def build_config(args: argparse.Namespace, parts_dir: str) -> dict[str, Any]:
         "latency_budget_ms": args.latency_budget_ms,
         "verbose": bool(args.verbose),
         "parts_dir": parts_dir,
+        "validate_target": args.target is not None,  # checked once, by the first Python process
     }
 
 
@@ -130,22 +152,30 @@ def child_environ(config: dict[str, Any], base: dict[str, str] | None = None) ->
 
 
 def merge_reports(reports: Sequence[Report]) -> Report | None:
-    """One report from every trainer's part: hints by id (most severe, then latest), all fixes, summed overhead."""
+    """One report from every trainer's part: one hint per (id, phase) (most severe, then latest),
+    so a training finding and an inference finding with the same id are both kept; all fixes;
+    summed overhead. A hint suppressed in any part stays suppressed."""
     if not reports:
         return None
     first = reports[0]
-    hints: dict[str, Any] = {}
+    hints: dict[tuple[str, str], Any] = {}
+    suppressed: set[tuple[str, str]] = set()
     for report in reports:
         for hint in report.hints:
-            kept = hints.get(hint.id)
+            key = (hint.id, hint.phase)
+            if hint.suppressed:
+                suppressed.add(key)
+            kept = hints.get(key)
             if kept is None or hint.severity_rank >= kept.severity_rank:
-                hints[hint.id] = hint
+                hints[key] = hint
+    for key in suppressed:
+        hints[key].suppressed = True
     frameworks = sorted({r.framework for r in reports})
     return Report(
         framework=first.framework if len(frameworks) == 1 else "+".join(frameworks),
         device=first.device,
         target=first.target,
-        hints=sorted(hints.values(), key=lambda h: (-SEVERITIES.index(h.severity), h.id)),
+        hints=sorted(hints.values(), key=lambda h: (-SEVERITIES.index(h.severity), h.id, h.phase)),
         fixes=[fix for report in reports for fix in report.fixes],
         overhead_s=sum(r.overhead_s for r in reports),
         check_failures=[failure for report in reports for failure in report.check_failures],
@@ -181,46 +211,74 @@ def run_child(command: list[str], env: dict[str, str]) -> int:
     return 128 - code if code < 0 else code  # killed by signal N -> 128+N, as shells report it
 
 
-def summarize(parts_dir: str, report_path: Path, *, quiet: bool, target: str | None) -> Path | None:
-    """Merge the parts into ``report_path`` and print the table; never raises."""
+def fail_on_hints(report: Report | None, fail_on: str | None) -> list[Any]:
+    """Open hints (not suppressed, not resolved by an applied fix) at or above ``fail_on``.
+
+    Example::
+
+        >>> fail_on_hints(None, "warning")
+        []
+    """
+    if report is None or fail_on is None:
+        return []
+    floor = SEVERITIES.index(fail_on)
+    return [h for h in report.open_hints if SEVERITIES.index(h.severity) >= floor]
+
+
+def summarize(parts_dir: str, report_path: Path, *, quiet: bool, target: str | None = None) -> Report | None:
+    """Merge the parts into ``report_path`` and print the table; returns the merged report (``None``
+    when no Trainer reported: then nothing is written). Never raises."""
     try:
         merged = merge_reports(collect_parts(parts_dir))
-        observed = merged is not None
-        if merged is None:  # no Trainer created: still write a report so a stale one is never read
-            merged = Report(framework="torch", device=DeviceProfile.detect().to_dict(),
-                            target=DeviceProfile.preset(target).to_dict() if target else None)
+        if merged is None:
+            stale = " (the file there is from an earlier run)" if report_path.exists() else ""
+            print(f"perfhints run: no Trainer ran, so no report was written to {report_path}{stale}: the program "
+                  "created no Lightning or transformers Trainer, or stopped before one started (for a plain "
+                  "PyTorch loop use perfcallbacks.Advisor).", file=sys.stderr)
+            return None
         merged.save(report_path)
         if not quiet:
             stream = sys.stderr
             color = stream.isatty() and "NO_COLOR" not in os.environ
-            if observed:
-                print(Report.load(report_path).render(color=color), file=stream)
-            else:
-                print("perfhints run: no Trainer reported anything: the program created no Lightning or "
-                      "transformers Trainer, or stopped before one started (for a plain PyTorch loop use "
-                      "perfcallbacks.Advisor).", file=stream)
+            from perfcallbacks.render import render_report, terminal_width
+
+            print(render_report(Report.load(report_path), color=color, width=terminal_width()), file=stream)
         print(f"perfhints run: report written to {report_path}", file=sys.stderr)
-        return report_path
+        return merged
     except Exception as err:  # noqa: BLE001 - the program's exit code matters more than our table
         print(f"perfhints run: could not write the report to {report_path}: {err}", file=sys.stderr)
         return None
 
 
 def run(args: argparse.Namespace) -> int:
-    """Entry point of ``perfhints run``: the child's exit code, or 2 for a usage error of ours."""
+    """Entry point of ``perfhints run``: the child's exit code, 2 for a usage error of ours, or 3 with
+    ``--fail-on`` when the program succeeded and an open hint at or above that severity was found."""
+    from perfcallbacks.options import enabled_by_env
+
     try:
         command = build_command(args.program or [], args.module)
+        if not enabled_by_env():
+            print("perfhints run: PERFHINTS=off: running the program without instrumentation, no report",
+                  file=sys.stderr)
+            return run_child(command, dict(os.environ))
         config = build_config(args, parts_dir="")
     except (ValueError, TypeError) as err:
         print(f"perfhints run: {err}", file=sys.stderr)
         return USAGE_ERROR
     parts_dir = config["parts_dir"] = tempfile.mkdtemp(prefix="perfhints-run-")
     report_path = Path(args.report).resolve()
+    fail_on = getattr(args, "fail_on", None)
     try:
         code = run_child(command, child_environ(config))
-        summarize(parts_dir, report_path, quiet=args.quiet, target=args.target)
+        merged = summarize(parts_dir, report_path, quiet=args.quiet, target=args.target)
     finally:
         shutil.rmtree(parts_dir, ignore_errors=True)
+    found = fail_on_hints(merged, fail_on)
+    if code == 0 and found:
+        ids = ", ".join(sorted({h.id for h in found}))
+        print(f"perfhints run: --fail-on {fail_on}: {len(found)} open hint(s) at or above {fail_on!r} ({ids}); "
+              f"exit status {FAIL_ON_STATUS}", file=sys.stderr)
+        return FAIL_ON_STATUS
     return code
 
 

@@ -29,6 +29,8 @@ class FixResult:
     speedup: float | None = None
     fidelity: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
+    # Seconds the guard spent measuring this fix (part of the report's overhead_s); None = not measured.
+    cost_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.status not in FIX_STATUSES:
@@ -46,6 +48,8 @@ class FixResult:
             "speedup": None if self.speedup is None else round(float(self.speedup), 3),
             "fidelity": {k: _jsonable(v) for k, v in self.fidelity.items()},
         }
+        if self.cost_s is not None:
+            data["cost_s"] = round(float(self.cost_s), 4)
         if self.details:
             data["details"] = _jsonable(self.details)
         return data
@@ -54,7 +58,8 @@ class FixResult:
     def from_dict(cls, data: dict[str, Any]) -> FixResult:
         return cls(id=data["id"], status=data["status"], reason=data.get("reason", ""),
                    speedup=data.get("speedup"), fidelity=dict(data.get("fidelity") or {}),
-                   details=dict(data.get("details") or {}))
+                   details=dict(data.get("details") or {}),
+                   cost_s=None if data.get("cost_s") is None else float(data["cost_s"]))
 
 
 @dataclass
@@ -121,17 +126,104 @@ class Report:
         """Write atomically (temp file + rename): a crash never leaves half a JSON."""
         return write_atomic(Path(path), self.to_json())
 
-    def hint(self, hint_id: str) -> Hint | None:
-        return next((h for h in self.hints if h.id == hint_id), None)
+    def hint(self, hint_id: str, phase: str | None = None) -> Hint | None:
+        """The hint with this id (and ``phase`` when given); a training finding comes before an
+        inference one with the same id, in report order."""
+        return next((h for h in self.hints if h.id == hint_id and (phase is None or h.phase == phase)), None)
 
     @property
     def hint_ids(self) -> list[str]:
-        return [h.id for h in self.hints]
+        """Ids of the hints found (suppressed ones left out: they are kept in ``hints``, marked)."""
+        return [h.id for h in self.hints if not h.suppressed]
 
-    def render(self, color: bool | None = None) -> str:
+    @property
+    def open_hints(self) -> list[Hint]:
+        """Hints a person should act on: neither suppressed nor resolved by an applied fix."""
+        resolved = resolved_hint_keys(self)
+        return [h for h in self.hints if not h.suppressed and (h.id, h.phase) not in resolved]
+
+    @property
+    def resolved_hints(self) -> list[tuple[Hint, FixResult]]:
+        """``(hint, the applied fix that resolved it)`` pairs (suppressed hints excluded)."""
+        resolved = resolved_hint_keys(self)
+        fixes = {f.id: f for f in self.fixes if f.applied}
+        return [(h, fixes[resolved[(h.id, h.phase)]]) for h in self.hints
+                if not h.suppressed and (h.id, h.phase) in resolved and resolved[(h.id, h.phase)] in fixes]
+
+    @property
+    def suppressed_count(self) -> int:
+        return sum(h.suppressed for h in self.hints)
+
+    @property
+    def fix_cost_s(self) -> float:
+        """Seconds spent measuring fixes (included in ``overhead_s``)."""
+        return sum(f.cost_s or 0.0 for f in self.fixes)
+
+    def render(self, color: bool | None = None, width: int | None = None) -> str:
         from perfcallbacks.render import render_report
 
-        return render_report(self, color=color)
+        return render_report(self, color=color, width=width)
+
+    def _repr_markdown_(self) -> str:  # Jupyter / IPython
+        from perfcallbacks.render import render_markdown
+
+        return render_markdown(self)
+
+    def _repr_html_(self) -> str:
+        from perfcallbacks.render import render_html
+
+        return render_html(self)
+
+
+# Applied fix id -> hint ids it makes moot, each with a test on the fix (details tell which kind ran).
+FIX_RESOLVES: dict[str, tuple[tuple[str, Any], ...]] = {
+    "dynamic-quantization": (("int8-available", None),),
+    "autocast": (("autocast-available", None),),
+    "sdpa": (("attention-eager", None),),
+    "channels-last": (("channels-last-off", None),),
+    # the inference thread sweep (it has timings) vs the training thread cap (it has a cap)
+    "threads": (("threads-untuned", lambda f: bool(f.details.get("timings_s"))),
+                ("cpu-oversubscribed", lambda f: "cap" in f.details)),
+}
+
+
+def resolved_hint_keys(report: Report) -> dict[tuple[str, str], str]:
+    """``{(hint id, phase): fix id}`` for every hint an applied fix resolved.
+
+    A hint's own ``resolved_by`` wins; otherwise :data:`FIX_RESOLVES` decides from the applied
+    fixes. Example::
+
+        >>> from perfcallbacks.hints import REGISTRY
+        >>> h = REGISTRY["int8-available"].make("inference", "int8 would be faster.", "auto_apply=True")
+        >>> r = Report(hints=[h], fixes=[FixResult("dynamic-quantization", "applied", "faster")])
+        >>> resolved_hint_keys(r)
+        {('int8-available', 'inference'): 'dynamic-quantization'}
+    """
+    out: dict[tuple[str, str], str] = {}
+    applied = [f for f in report.fixes if f.applied]
+    for hint in report.hints:
+        if hint.resolved_by:
+            out[(hint.id, hint.phase)] = hint.resolved_by
+            continue
+        for fix in applied:
+            for hint_id, test in FIX_RESOLVES.get(fix.id, ()):
+                try:
+                    ok = hint_id == hint.id and (test is None or test(fix))
+                except Exception:  # noqa: BLE001 - odd details from an old report: not resolved
+                    ok = False
+                if ok:
+                    out[(hint.id, hint.phase)] = fix.id
+    return out
+
+
+def mark_resolved(report: Report) -> Report:
+    """Set ``resolved_by`` on every hint an applied fix resolved (in place); returns the report."""
+    keys = resolved_hint_keys(report)
+    for hint in report.hints:
+        fix_id = keys.get((hint.id, hint.phase))
+        if fix_id and not hint.resolved_by:
+            hint.resolved_by = fix_id
+    return report
 
 
 def write_atomic(path: Path, text: str) -> Path:
@@ -163,10 +255,14 @@ def save_report_safely(report: Report, path: str | os.PathLike | None) -> Path |
     except Exception as err:  # noqa: BLE001 - principle 1: never break the user's run
         import warnings
 
-        from perfcallbacks.hints import PerfHintWarning
+        from perfcallbacks.hints import PerfCallbacksIOWarning
 
         log.warning("perfcallbacks could not write the report to %s: %s", path, err)
-        warnings.warn(f"perfcallbacks could not write the report to {path}: {err}", PerfHintWarning, stacklevel=2)
+        try:  # its own category: silencing hints never hides a lost report; an error filter never raises
+            warnings.warn(f"perfcallbacks could not write the report to {path}: {err}", PerfCallbacksIOWarning,
+                          stacklevel=2)
+        except Warning:
+            pass
         return None
 
 

@@ -12,9 +12,8 @@ import time
 import warnings
 from typing import Any
 
-import torch
-
-from perfcallbacks.measure import call_model
+# torch and the measuring code are imported where they are used: ``perfhints`` registers this
+# subcommand in every invocation (``perfhints run``'s parent must not load torch).
 
 
 def docstring_corpus(n: int = 512, *, min_chars: int = 20, max_chars: int = 600) -> list[str]:
@@ -28,6 +27,7 @@ def docstring_corpus(n: int = 512, *, min_chars: int = 20, max_chars: int = 600)
     """
     if not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
+    import torch
     out: list[str] = []
     seen: set[str] = set()
     # torch only: getattr on transformers' lazy module would import hundreds of model modules.
@@ -79,6 +79,10 @@ def make_batches(tok: Any, texts: list[str], batch_size: int, order: str, max_le
 
 
 def _run_batches(model: Any, batches: list[dict]) -> list[float]:
+    import torch
+
+    from perfcallbacks.measure import call_model
+
     times = []
     with torch.inference_mode():
         for b in batches:
@@ -92,6 +96,10 @@ def _worker(model_dir: str, threads: int, texts: list[str], batch_size: int, dur
             barrier: Any, queue: Any) -> None:
     """One serving process: its own model and thread count, timed in the same window as its peers."""
     try:
+        import torch
+
+        from perfcallbacks.measure import call_model
+
         torch.set_num_threads(threads)
         tok, model = _load(model_dir)
         batches = make_batches(tok, texts, batch_size, "length-grouped")
@@ -185,16 +193,30 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _progress(total: int) -> Any:
+    """A tqdm bar on stderr; without tqdm, one line per stage (never minutes of silence)."""
     try:
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc="perfhints tune", file=sys.stderr, leave=False)
     except ImportError:
-        class _Null:
-            def update(self, n: int = 1) -> None: ...
-            def set_postfix_str(self, s: str) -> None: ...
+        class _Lines:
+            done = 0
+
+            def update(self, n: int = 1) -> None:
+                self.done += n
+
+            def set_postfix_str(self, s: str) -> None:
+                print(f"perfhints tune: [{self.done + 1}/{total}] measuring {s} ...", file=sys.stderr, flush=True)
+
             def close(self) -> None: ...
-        return _Null()
+        return _Lines()
+
+
+def missing_plot_dependency() -> str | None:
+    """The install command when ``--plot`` cannot work here (checked before minutes of measuring)."""
+    import importlib.util
+
+    return None if importlib.util.find_spec("matplotlib") is not None else "pip install matplotlib"
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -244,6 +266,8 @@ def tune(model_dir: str, *, latency_budget_ms: float | None = None, workers: int
         bar.close()
     best_batch = best_row(batch_rows, latency_budget_ms)
     best_workers = best_row(worker_rows)
+    fastest = min((r for r in batch_rows if r.get("p90_latency_ms") is not None),
+                  key=lambda r: r["p90_latency_ms"], default=None)
     precision = "int8" if quant.status == "applied" else "fp32"
     return {
         "model_dir": model_dir, "device": profile.to_dict(), "latency_budget_ms": latency_budget_ms,
@@ -258,6 +282,11 @@ def tune(model_dir: str, *, latency_budget_ms: float | None = None, workers: int
             "order": best_batch["order"] if best_batch else "arrival",
             "sentences_per_s": best_batch["sentences_per_s"] if best_batch else None,
             "p90_latency_ms": best_batch["p90_latency_ms"] if best_batch else None,
+            "fits_budget": best_batch is not None,
+            # what would fit: the lowest p90 measured (raise the budget to at least this)
+            "lowest_p90_latency_ms": fastest["p90_latency_ms"] if fastest else None,
+            "lowest_p90_batch": ({"batch_size": fastest["batch_size"], "order": fastest["order"]}
+                                 if fastest else None),
         },
     }
 
@@ -276,6 +305,14 @@ def _render(result: dict[str, Any]) -> str:
         lines.append(f"  {r['order']:<15} {r['batch_size']:>5}  {r['sentences_per_s']:>11}  "
                      f"{r['p90_latency_ms']:>6}  {r['pad_fraction']:.2f}{over}")
     rec = result["recommendation"]
+    if not rec.get("fits_budget", rec.get("sentences_per_s") is not None):
+        lowest, at = rec.get("lowest_p90_latency_ms"), rec.get("lowest_p90_batch") or {}
+        would = (f"the fastest batch measured (batch {at.get('batch_size')} {at.get('order')}) has p90 {lowest} ms; "
+                 f"--latency-budget-ms {int(-(-lowest // 1))} or more would fit it" if lowest is not None
+                 else "no batch size could be measured")
+        lines += ["", f"Nothing fits the {budget} ms p90 latency budget on this machine: {would}, "
+                      "or serve a smaller / int8 model, or add hardware."]
+        return "\n".join(lines)
     lines += ["", f"Recommended: {rec['precision']}, {rec['workers']} worker(s) x {rec['threads_per_worker']} "
               f"thread(s), batch {rec['batch_size']} {rec['order']} "
               f"({rec['sentences_per_s']} sentences/s, p90 {rec['p90_latency_ms']} ms per batch)"]
@@ -290,8 +327,8 @@ def _plot(result: dict[str, Any], path: str) -> str:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed: no plot (pip install matplotlib)"
+    except ImportError:  # checked before measuring; only a broken install gets here
+        return "matplotlib could not be imported: no plot (pip install matplotlib)"
     fig, ax = plt.subplots(figsize=(6, 4))
     for order in ORDERS:
         rows = [r for r in result["batch_table"] if r["order"] == order]
@@ -308,6 +345,11 @@ def _plot(result: dict[str, Any], path: str) -> str:
 def run_tune(args: argparse.Namespace) -> int:
     """Entry point of ``perfhints tune`` (see :func:`register`)."""
     _check_args(args)
+    if args.plot:
+        install = missing_plot_dependency()
+        if install:  # before measuring, not after minutes of it
+            print(f"perfhints tune: --plot needs matplotlib, which is not installed: {install}", file=sys.stderr)
+            return 2
     result = tune(args.model_dir, latency_budget_ms=args.latency_budget_ms, workers=args.workers,
                   sentences=args.sentences)
     note = _plot(result, args.plot) if args.plot else None

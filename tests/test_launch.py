@@ -75,13 +75,13 @@ def test_no_program_is_a_usage_error(program):
     (["--warmup-steps", "-1"], "--warmup-steps"),
     (["--latency-budget-ms", "0"], "--latency-budget-ms"),
 ])
-def test_bad_options_exit_2_before_the_program_starts(tmp_path, capsys, argv, message):
+def test_bad_options_exit_2_before_the_program_starts(tmp_path, capfd, argv, message):
     marker = tmp_path / "started"
     script = tmp_path / "s.py"
     script.write_text(f"open({str(marker)!r}, 'w').close()\n")
     code = cli.main(["run", *argv, "--report", str(tmp_path / "r.json"), "--", "python", str(script)])
     assert code == 2
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err  # --target is checked by the child's start-up hook: read the fd
     assert err.startswith("perfhints run:") and message in err
     assert not marker.exists() and not (tmp_path / "r.json").exists()
 
@@ -113,6 +113,40 @@ def test_bootstrap_dir_holds_the_sitecustomize_and_hook():
 # -- merging ------------------------------------------------------------------------------
 def _hint(hint_id: str, severity: str | None = None, pad: float = 0.5):
     return REGISTRY[hint_id].make("warmup", f"{hint_id} seen", "fix it", {"pad_fraction": pad}, severity=severity)
+
+
+def test_merge_reports_keeps_one_hint_per_id_and_phase():
+    train = REGISTRY["padding-waste"].make("warmup", "train 64%", "group_by_length", {"pad_fraction": 0.64})
+    infer = REGISTRY["padding-waste"].make("inference", "eval 40%", "length_grouped_batches", {"pad_fraction": 0.4})
+    later = REGISTRY["padding-waste"].make("inference", "predict 41%", "length_grouped_batches")
+    quiet = _hint("gpu-unused")
+    quiet.suppressed = True
+    merged = launch.merge_reports([Report(hints=[train, quiet]), Report(hints=[infer]),
+                                   Report(hints=[later, _hint("gpu-unused")])])
+    assert [(h.id, h.phase) for h in merged.hints] == [("gpu-unused", "warmup"), ("padding-waste", "inference"),
+                                                       ("padding-waste", "warmup")]
+    assert merged.hint("padding-waste", "warmup").message == "train 64%"
+    assert merged.hint("padding-waste", "inference").message == "predict 41%"  # latest of the same severity
+    assert merged.hint("gpu-unused").suppressed  # suppressed in one part: suppressed in the merge
+
+
+def test_fail_on_counts_open_hints_at_or_above_the_severity():
+    info = REGISTRY["vocab-unaligned"].make("setup", "m", "f")
+    warn = _hint("padding-waste")
+    resolved = REGISTRY["int8-available"].make("inference", "m", "f", severity="warning")
+    report = Report(hints=[info, warn, resolved], fixes=[FixResult("dynamic-quantization", "applied", "ok")])
+    assert [h.id for h in launch.fail_on_hints(report, "warning")] == ["padding-waste"]
+    assert [h.id for h in launch.fail_on_hints(report, "info")] == ["vocab-unaligned", "padding-waste"]
+    assert launch.fail_on_hints(report, "critical") == [] and launch.fail_on_hints(report, None) == []
+
+
+def test_hook_checks_the_target_once(monkeypatch, capsys):
+    codes = []
+    monkeypatch.delenv(hook.ENV_VAR, raising=False)
+    hook.validate_target({"target": "a10O", "validate_target": True}, exit=codes.append)
+    assert codes == [2] and "a100" in capsys.readouterr().err
+    hook.validate_target({"target": "a100", "validate_target": True}, exit=codes.append)
+    assert codes == [2] and hook.load_config()["validate_target"] is False  # children skip the check
 
 
 def test_merge_reports_keeps_one_hint_per_id_and_all_fixes():
@@ -310,9 +344,8 @@ def test_plain_script_runs_unchanged_with_exit_code_and_nothing_heavy_imported(t
     assert result.returncode == 3, result.stderr
     assert "HEAVY_IMPORTED=[]" in result.stdout  # the bootstrap imports neither torch nor any trainer
     assert "ARGS=['3']" in result.stdout
-    assert "no Trainer reported anything" in result.stderr
-    assert f"report written to {tmp_path / 'r.json'}" in result.stderr
-    assert Report.load(tmp_path / "r.json").hints == []
+    assert f"no Trainer ran, so no report was written to {tmp_path / 'r.json'}" in result.stderr
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_failing_plain_module_passes_its_status_and_default_report_path(tmp_path):
@@ -321,7 +354,26 @@ def test_failing_plain_module_passes_its_status_and_default_report_path(tmp_path
                            env={**os.environ, "PYTHONPATH": str(SCRIPTS)})
     assert result.returncode == 1
     assert "ValueError: plain script failed" in result.stderr
-    assert Report.load(tmp_path / "perf_hints.json").hints == []  # the stale file is replaced
+    assert (tmp_path / "perf_hints.json").read_text() == "stale"  # no Trainer: nothing written, and it says so
+    assert "no report was written" in result.stderr and "from an earlier run" in result.stderr
+
+
+def test_perfhints_off_is_a_passthrough(tmp_path):
+    env = {**os.environ, "PERFHINTS": "off"}
+    result = perfhints_run("--fail-on", "info", "--", "python", str(SCRIPTS / "plain.py"), "4", cwd=tmp_path, env=env)
+    assert result.returncode == 4
+    assert "HOOK_LOADED=False" in result.stdout  # not instrumented at all
+    assert "PERFHINTS=off" in result.stderr and not (tmp_path / "perf_hints.json").exists()
+
+
+def test_parent_of_perfhints_run_does_not_import_torch(tmp_path):
+    """The program (child) reads its parent's memory map: no libtorch, and a small resident set."""
+    result = perfhints_run("--quiet", "--", "python", str(SCRIPTS / "parent_probe.py"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = next(line for line in result.stdout.splitlines() if line.startswith("PARENT"))
+    fields = dict(part.split("=") for part in line.split()[1:])
+    assert fields["libtorch"] == "False", line
+    assert int(fields["rss_mb"]) < 100, line  # torch alone holds ~230 MB
 
 
 def test_missing_program_is_127(tmp_path):
@@ -396,6 +448,22 @@ def test_script_that_already_adds_the_callback_is_not_double_instrumented(tmp_pa
     report = Report.load(tmp_path / "perf_hints.json")
     assert report.target is None  # the script's own callback, with its own configuration, did the work
     assert "tensor-cores-idle" not in report.hint_ids
+
+
+@pytest.mark.slow
+def test_fail_on_warning_exits_3_on_a_padding_mistake_and_0_when_clean(tmp_path):
+    script = str(SCRIPTS / "padded_fit.py")
+    bad = perfhints_run("--warmup-steps", "4", "--fail-on", "warning", "--", "python", script, "--padded",
+                        cwd=tmp_path)
+    assert bad.returncode == 3, bad.stderr[-3000:]
+    assert "FIT_DONE" in bad.stdout and "--fail-on warning" in bad.stderr and "padding-waste" in bad.stderr
+    assert "padding-waste" in hint_ids(tmp_path / "perf_hints.json")
+    clean = perfhints_run("--warmup-steps", "4", "--fail-on", "warning", "--", "python", script, cwd=tmp_path)
+    assert clean.returncode == 0, clean.stderr[-3000:]
+    assert "--fail-on" not in clean.stderr
+    quiet = perfhints_run("--warmup-steps", "4", "--fail-on", "warning", "--suppress", "padding-waste",
+                          "static-padding", "--", "python", script, "--padded", cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]  # suppressed hints never fail the run
 
 
 @pytest.mark.slow

@@ -128,8 +128,31 @@ def install_from_env() -> bool:
     config = load_config()
     if config is None:
         return False
+    if config.get("validate_target"):
+        validate_target(config)
     install(config)
     return True
+
+
+def validate_target(config: dict[str, Any], exit: Callable[[int], Any] = os._exit) -> None:
+    """``--target``, checked in the first Python process before the program's first line.
+
+    Resolving a preset imports torch, which the ``perfhints run`` parent never does. An unknown
+    name ends this process with status 2 and the presets' own message (close matches listed);
+    once checked, descendants (torchrun ranks, workers) inherit a config that skips the check.
+    """
+    target = config.get("target")
+    try:
+        from perfcallbacks.device import resolve_target
+
+        resolve_target(target, argument="--target")
+    except ValueError as err:
+        _say(str(err))
+        sys.stderr.flush()
+        exit(2)
+        return
+    config = dict(config, validate_target=False)
+    os.environ[ENV_VAR] = json.dumps(config)
 
 
 def patch_module(module: Any) -> None:

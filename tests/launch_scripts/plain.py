@@ -4,6 +4,7 @@ import sys
 
 HEAVY = ("torch", "lightning", "pytorch_lightning", "transformers", "perfcallbacks")
 print(f"HEAVY_IMPORTED={sorted(m for m in HEAVY if m in sys.modules)}")
+print(f"HOOK_LOADED={'_perfhints_hook' in sys.modules}")
 print(f"ARGS={sys.argv[1:]}", flush=True)
 if sys.argv[1:] == ["raise"]:
     raise ValueError("plain script failed")
