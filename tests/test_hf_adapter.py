@@ -27,6 +27,14 @@ from perfcallbacks.adapters import hf as hf_mod  # noqa: E402
 from perfcallbacks.checks import CHECKS  # noqa: E402
 
 
+# Length grouping is `train_sampling_strategy="group_by_length"` on transformers 5.x, `group_by_length=True` on 4.x.
+GROUP_BY_LENGTH = ({"train_sampling_strategy": "group_by_length"}
+                   if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__ else {"group_by_length": True})
+GROUP_BY_LENGTH_FIX = "TrainingArguments({})".format(
+    'train_sampling_strategy="group_by_length"' if "train_sampling_strategy" in GROUP_BY_LENGTH
+    else "group_by_length=True")
+
+
 def _landed(hint_id: str) -> bool:
     return any(c.hint_id == hint_id for c in CHECKS)
 
@@ -152,15 +160,14 @@ def test_pickles_before_and_after_training(tmp_path, tokenizer):
 # -- setup facts and precision hints -----------------------------------------------------------------
 def test_context_filled_from_training_arguments(tmp_path, tokenizer):
     cb = HFPerfHints(warmup_steps=2, verbose=False)
-    trainer = make_trainer(tmp_path, tokenizer, cb, gradient_accumulation_steps=2,
-                           train_sampling_strategy="group_by_length")
+    trainer = make_trainer(tmp_path, tokenizer, cb, gradient_accumulation_steps=2, **GROUP_BY_LENGTH)
     train_quietly(trainer)
     ctx = cb.advisor.context
     s = ctx.settings
     assert ctx.framework == "hf" and ctx.framework_version == transformers.__version__
     assert s["collator"] == "transformers.data.data_collator.DataCollatorWithPadding"
     assert s["sampling_strategy"] == "group_by_length"
-    assert s["group_by_length_fix"] == 'TrainingArguments(train_sampling_strategy="group_by_length")'
+    assert s["group_by_length_fix"] == GROUP_BY_LENGTH_FIX
     assert s["grad_accumulation"] == 2 and s["task"] == "sequence-classification"
     assert s["tokenizer_padding"] == "longest" and s["tokenizer_padding_side"] == "right"
     assert ctx.pad_token_id == tokenizer.pad_token_id
@@ -224,7 +231,7 @@ def test_max_length_padding_fires_padding_hints(tmp_path, tokenizer):
 @needs_check("padding-waste")
 def test_dynamic_padding_with_length_grouping_keeps_padding_quiet(tmp_path, tokenizer):
     cb = HFPerfHints(warmup_steps=3, verbose=False)
-    train_quietly(make_trainer(tmp_path, tokenizer, cb, train_sampling_strategy="group_by_length"))
+    train_quietly(make_trainer(tmp_path, tokenizer, cb, **GROUP_BY_LENGTH))
     assert not ids(cb) & {"padding-waste", "static-padding"}
 
 

@@ -22,30 +22,84 @@ from perfcallbacks.fixes._guard import quiet_torch
 WEIGHT_BITS = 7  # 2 * 255 * 64 < 32767: no int16 saturation on AVX2 (vpmaddubsw) without VNNI
 OPS_BACKENDS = ("fbgemm", "onednn")  # prepacking engines of torch.ops.quantized, measured per machine
 BACKENDS = ("auto", *OPS_BACKENDS, "torch.ao", "torchao")
+# What each backend calls in torch: once torch removes one (the qint8 dtypes are deprecated since 2.13),
+# that backend becomes unavailable with the reason, never an AttributeError in the user's run.
+_OPS_API = ("torch.qint8", "torch.quantize_per_channel", "torch.ops.quantized.linear_prepack",
+            "torch.ops.quantized.linear_dynamic", "torch.ops.quantized.linear_unpack",
+            "torch.backends.quantized.supported_engines")
+_AO_API = ("torch.ao.nn.quantized.dynamic.Linear", "torch.ao.quantization.default_dynamic_qconfig")
+
+
+class BackendUnavailable(RuntimeError):
+    """An int8 backend cannot be built in this process (reason in the message)."""
+
+
+def _missing(dotted: str) -> bool:
+    import importlib
+
+    parts = dotted.split(".")
+    try:
+        obj: Any = importlib.import_module(parts[0])
+        for i, part in enumerate(parts[1:], start=1):
+            if hasattr(obj, part):
+                obj = getattr(obj, part)
+            else:  # a submodule not imported yet (torch.ao.nn...)
+                obj = importlib.import_module(".".join(parts[: i + 1]))
+    except Exception:  # ImportError, AttributeError, RuntimeError of a half-removed op namespace
+        return True
+    return False
+
+
+def _first_missing(names: tuple[str, ...]) -> str | None:
+    with quiet_torch():
+        return next((n for n in names if _missing(n)), None)
+
+
+def backend_status() -> dict[str, str | None]:
+    """Every int8 backend with ``None`` if usable in this process, else why not (one line).
+
+    Example::
+
+        >>> from perfcallbacks.fixes.int8 import backend_status
+        >>> sorted(backend_status())
+        ['fbgemm', 'onednn', 'torch.ao', 'torchao']
+    """
+    status: dict[str, str | None] = {}
+    gone = _first_missing(_OPS_API)
+    engines: set[str] = set()
+    if gone is None:
+        engines = set(torch.backends.quantized.supported_engines)
+    for name in OPS_BACKENDS:
+        status[name] = (f"{gone} is not in torch {torch.__version__} (removed)" if gone else
+                        None if name in engines else f"quantized engine {name!r} not built into this torch "
+                        f"(has {sorted(engines)})")
+    gone_ao = _first_missing(_AO_API) or _first_missing(_OPS_API)
+    status["torch.ao"] = f"{gone_ao} is not in torch {torch.__version__} (removed)" if gone_ao else None
+    status["torchao"] = _torchao_problem()
+    return status
+
+
+def _torchao_problem() -> str | None:
+    try:
+        with quiet_torch():
+            from torchao.quantization import Int8WeightOnlyConfig, quantize_  # noqa: F401
+    except ImportError as err:
+        if getattr(err, "name", None) == "torchao":
+            return "torchao is not installed (pip install torchao)"
+        return f"torchao does not import with torch {torch.__version__}: {err}"
+    except Exception as err:  # a torchao built for another torch can fail in odd ways
+        return f"torchao does not import with torch {torch.__version__}: {type(err).__name__}: {err}"
+    return None
 
 
 def ops_available() -> bool:
     """Whether torch still ships the dynamic int8 Linear ops (``torch.ao`` is deprecated)."""
-    try:
-        return hasattr(torch.ops.quantized, "linear_dynamic") and hasattr(torch.ops.quantized, "linear_prepack")
-    except (AttributeError, RuntimeError):
-        return False
+    return _first_missing(_OPS_API) is None
 
 
 def available_backends() -> list[str]:
-    """Int8 backends usable in this process, in preference order."""
-    out: list[str] = []
-    if ops_available():
-        engines = set(torch.backends.quantized.supported_engines)
-        out += [b for b in OPS_BACKENDS if b in engines]
-        out.append("torch.ao")
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        out.append("torchao")
-    return out
+    """Int8 backends usable in this process, in preference order (measured, benchmarks/int8_backends.md)."""
+    return [name for name, problem in backend_status().items() if problem is None]
 
 
 @contextlib.contextmanager
@@ -107,6 +161,46 @@ class Int8DynamicLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8, backend={self.backend}"
 
 
+class Int8WeightLinear(nn.Module):
+    """``nn.Linear`` with int8 per-output-channel weights, dequantized in ``forward`` (weight-only int8).
+
+    Plain tensor ops only (no qint8 dtype, no packed params): it survives the
+    ``torch.ao`` deprecations and ``torch.export`` can carry it, so it is what the
+    portable ``.pt2`` artifact holds (a quarter of the fp32 weight bytes).
+
+    Example::
+
+        >>> import torch
+        >>> from perfcallbacks.fixes.int8 import Int8WeightLinear
+        >>> lin = torch.nn.Linear(16, 4)
+        >>> q = Int8WeightLinear.from_linear(lin)
+        >>> torch.nn.functional.cosine_similarity(q(torch.ones(2, 16)), lin(torch.ones(2, 16))).min() > 0.99
+        tensor(True)
+    """
+
+    def __init__(self, qweight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.register_buffer("qweight", qweight)
+        self.register_buffer("scale", scale)
+        self.register_buffer("bias", bias)
+        self.out_features, self.in_features = qweight.shape
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> Int8WeightLinear:
+        w = linear.weight.detach().to("cpu", torch.float32)
+        scale = (w.abs().amax(dim=1, keepdim=True) / 127).clamp(min=1e-12)
+        q = torch.round(w / scale).clamp(-127, 127).to(torch.int8)
+        bias = None if linear.bias is None else linear.bias.detach().to("cpu", torch.float32).clone()
+        return cls(q, scale, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, (self.qweight.to(x.dtype) * self.scale.to(x.dtype)),
+                                    None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weight-only"
+
+
 class Int8Embedding(nn.Module):
     """``nn.Embedding`` with int8 rows and one fp32 scale per row (weight-only, for smaller artifacts).
 
@@ -154,7 +248,7 @@ def is_quantized(model: nn.Module) -> str | None:
     """Why ``model`` already counts as quantized (a short reason), or ``None``."""
     for name, m in model.named_modules():
         mod = type(m).__module__
-        if isinstance(m, (Int8DynamicLinear, Int8Embedding)) or mod.startswith(
+        if isinstance(m, (Int8DynamicLinear, Int8WeightLinear, Int8Embedding)) or mod.startswith(
                 ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized",
                  "bitsandbytes", "torchao", "optimum.quanto", "auto_gptq", "awq")):
             return f"module {name or '<root>'} is {type(m).__name__}"
@@ -171,22 +265,48 @@ def relative_error(ref: torch.Tensor, new: torch.Tensor) -> float:
     return (ref - new).norm().item() / denom if denom > 0 else float((ref - new).norm().item())
 
 
+def _fresh_linear(linear: nn.Linear) -> nn.Linear:
+    """A new fp32 CPU ``nn.Linear`` with copies of ``linear``'s weights (quantizers may rewrite it in place)."""
+    fresh = nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None)
+    with torch.no_grad():
+        fresh.weight.copy_(linear.weight.detach().to("cpu", torch.float32))
+        if linear.bias is not None:
+            fresh.bias.copy_(linear.bias.detach().to("cpu", torch.float32))
+    return fresh.eval()
+
+
 def int8_linear(linear: nn.Linear, backend: str) -> nn.Module:
-    """An int8 replacement for ``linear`` built by ``backend`` (``linear`` itself is left untouched)."""
+    """An int8 replacement for ``linear`` built by ``backend``; ``linear`` itself is never modified.
+
+    Raises :class:`BackendUnavailable` (with the reason) when ``backend`` cannot be
+    built in this process, e.g. after torch removed the API it calls.
+
+    Example::
+
+        >>> import torch
+        >>> from perfcallbacks.fixes.int8 import available_backends, int8_linear
+        >>> lin = torch.nn.Linear(32, 8)
+        >>> int8_linear(lin, available_backends()[0])(torch.ones(1, 32)).shape
+        torch.Size([1, 8])
+    """
+    if backend not in BACKENDS or backend == "auto":
+        raise ValueError(f"backend must be one of {BACKENDS[1:]}, got {backend!r}")
+    problem = backend_status()[backend]
+    if problem is not None:
+        raise BackendUnavailable(f"int8 backend {backend!r} unavailable: {problem}")
     if backend in OPS_BACKENDS:
         return Int8DynamicLinear.from_linear(linear, backend=backend)
+    fresh = _fresh_linear(linear)
     if backend == "torch.ao":  # the stock per-tensor path, kept for comparison and as a fallback
         with quiet_torch():
             from torch.ao.nn.quantized.dynamic import Linear as AoLinear
             from torch.ao.quantization import default_dynamic_qconfig
 
-            linear.qconfig = default_dynamic_qconfig
-            return AoLinear.from_float(linear)
-    if backend == "torchao":
-        with quiet_torch():
-            from torchao.quantization import Int8WeightOnlyConfig, quantize_
+            fresh.qconfig = default_dynamic_qconfig  # on our copy: from_float reads it there
+            return AoLinear.from_float(fresh)
+    with quiet_torch():  # torchao: quantize_ swaps weights in place, hence the fresh copy
+        from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
-            holder = nn.Sequential(linear)
-            quantize_(holder, Int8WeightOnlyConfig())
-            return holder[0]
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        holder = nn.Sequential(fresh)
+        quantize_(holder, Int8WeightOnlyConfig())
+        return holder[0]
