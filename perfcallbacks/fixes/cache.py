@@ -179,7 +179,7 @@ def weights_fingerprint(model: nn.Module) -> str:
             sample = _sample(tensor)
         except (RuntimeError, TypeError, ValueError):  # exotic tensor subclasses: record the shape only
             sample = None
-        meta.append([name, list(tensor.shape), str(tensor.dtype), None if sample is None else len(sample)])
+        meta.append([name, list(tensor.shape), str(tensor.dtype), None if sample is None else sample.numel()])
         if sample is not None:
             groups.setdefault((str(sample.device), str(sample.dtype)), []).append((i, sample))
     chunks: dict[int, list[float]] = {}
@@ -188,8 +188,8 @@ def weights_fingerprint(model: nn.Module) -> str:
         values = torch.cat([t for _, t in members]).to(torch.float64).cpu().tolist()
         start = 0
         for i, t in members:
-            chunks[i] = values[start : start + len(t)]
-            start += len(t)
+            chunks[i] = values[start : start + t.numel()]
+            start += t.numel()
     ordered = [v for i in sorted(chunks) for v in chunks[i]]
     h = hashlib.sha256(json.dumps(meta, separators=(",", ":")).encode("ascii"))
     h.update(struct.pack(f"<{len(ordered)}d", *ordered))
