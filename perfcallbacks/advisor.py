@@ -27,7 +27,7 @@ from perfcallbacks.context import (
 )
 from perfcallbacks.device import DeviceProfile, resolve_target
 from perfcallbacks.facts import capture_process_facts
-from perfcallbacks.hints import SEVERITIES, Hint, PerfHintError, emit_hint_warning, hint_silenced_by_filters
+from perfcallbacks.hints import SEVERITIES, Hint, PerfHintError, emit_hint_warning
 from perfcallbacks.options import Options
 from perfcallbacks.process_state import ProcessState
 from perfcallbacks.observe import BatchObserver, StepTimer, batch_stats
@@ -84,6 +84,26 @@ class HintBook(Mapping[str, Hint]):
 
     def clear(self) -> None:
         self._items.clear()
+
+
+def targeted_ignore(hint: Hint) -> bool:
+    """True when an active warnings filter *on this hint's message* (e.g. ``message=r"\\[padding-waste\\]"``)
+    ignores it. A blanket ``filterwarnings("ignore", category=PerfHintWarning)`` silences the warnings
+    only: the hints stay in the tables and the report (CI logs stay quiet, nothing is lost).
+    """
+    import warnings
+
+    from perfcallbacks.hints import PerfHintWarning, format_hint_warning
+
+    text = format_hint_warning(hint)
+    for action, msg, category, _mod, _line in warnings.filters:
+        if not issubclass(PerfHintWarning, category):
+            continue
+        if msg is None:
+            return False  # the first applicable filter is blanket: not aimed at this hint
+        if msg.match(text):
+            return action == "ignore"
+    return False
 
 
 def hint_group(phase: str) -> str:
@@ -343,7 +363,10 @@ class Advisor:
         with self.timed():
             ctx = self.context
             ctx.phase = phase
-            ctx.matmul_precision = torch.get_float32_matmul_precision()
+            try:
+                ctx.matmul_precision = torch.get_float32_matmul_precision()
+            except RuntimeError:  # mixed legacy allow_tf32 and the new API: torch cannot say
+                log.debug("perfcallbacks: float32 matmul precision unreadable", exc_info=True)
             if ctx.threads is None:
                 self.capture_threads()
             try:
@@ -382,8 +405,8 @@ class Advisor:
             if hint.suppressed or self._resolved(hint):
                 continue
             try:
-                if hint_silenced_by_filters(hint, self.user_location):
-                    hint.suppressed = True  # one way to silence: filtered like suppress=
+                if targeted_ignore(hint):
+                    hint.suppressed = True  # a filter on this hint's id: silenced like suppress= (tables too)
                     self.hints._items.pop((hint.id, hint_group(hint.phase)), None)
                     self.suppressed_hints.put(hint)
                     continue

@@ -106,7 +106,7 @@ def make_trainer(tmp_path, tokenizer, callback, *, model=None, dataset=None, eva
                    train_dataset=dataset if dataset is not None else TextDataset(tokenizer),
                    eval_dataset=eval_dataset, processing_class=tokenizer,
                    data_collator=DataCollatorWithPadding(tokenizer),
-                   callbacks=[*callbacks_before, callback])
+                   callbacks=[c for c in (*callbacks_before, callback) if c is not None])
 
 
 def train_quietly(trainer: Trainer) -> None:
@@ -338,9 +338,29 @@ def test_hint_counts_reach_callbacks_registered_before_it(tmp_path, tokenizer):
     recorder = LogRecorder()  # stands for a report_to tracker: registered before user callbacks
     cb = HFPerfHints(target="a100", warmup_steps=2, verbose=False)
     train_quietly(make_trainer(tmp_path, tokenizer, cb, callbacks_before=[recorder]))
-    assert recorder.logs and all("perf_hints/count" in logs for logs in recorder.logs)
-    assert recorder.logs[-1]["perf_hints/count"] == len(cb.report.hints) >= 1
-    assert recorder.logs[-1]["perf_hints/warning"] >= 1  # tensor-cores-idle
+    ours = [logs for logs in recorder.logs if "perf_hints/count" in logs]
+    assert ours and all(set(logs) <= {"perf_hints/count", "perf_hints/info", "perf_hints/warning",
+                                      "perf_hints/critical", "perf_hints/fixes_applied"} for logs in ours)
+    assert ours[-1]["perf_hints/count"] == len(cb.report.open_hints) >= 1
+    assert ours[-1]["perf_hints/warning"] >= 1  # tensor-cores-idle
+    # the Trainer's own log lines (loss, ...) never carry our keys
+    assert all(not any(k.startswith("perf_hints/") for k in logs) for logs in recorder.logs if logs not in ours)
+
+
+def test_returned_metrics_are_exactly_what_the_trainer_returns_without_the_callback(tmp_path, tokenizer):
+    def run(callbacks):
+        torch.manual_seed(0)
+        trainer = make_trainer(tmp_path / str(len(callbacks)), tokenizer, *callbacks, max_steps=2,
+                               eval_dataset=TextDataset(tokenizer, n=16))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PerfHintWarning)
+            train = trainer.train()
+            metrics = trainer.evaluate()
+        return set(train.metrics), set(metrics)
+
+    plain = run([None])
+    hinted = run([HFPerfHints(target="a100", warmup_steps=1, verbose=False)])
+    assert plain == hinted
 
 
 def test_internal_errors_never_reach_training(tmp_path, tokenizer, monkeypatch, caplog):
@@ -397,7 +417,7 @@ def test_verbose_prints_summary_once_at_train_end(tmp_path, tokenizer, capsys):
     cb = HFPerfHints(target="a100", warmup_steps=50, verbose=True)
     train_quietly(make_trainer(tmp_path, tokenizer, cb, max_steps=2))
     out = capsys.readouterr().out
-    assert out.count("tensor-cores-idle") == 1
+    assert out.count("open hint") == 1  # one table (the id shows twice in it: the row and its fix code)
 
 
 # -- auto_apply -----------------------------------------------------------------------------------------
@@ -411,13 +431,11 @@ def test_auto_apply_caps_threads_keeps_fp32_checkpoint_and_exports_int8(tmp_path
                            eval_dataset=TextDataset(tokenizer, n=16), eval_strategy="steps", eval_steps=2)
     train_quietly(trainer)
     fixes = {f.id: f for f in cb.report.fixes}
-    assert "threads" in fixes and "dynamic-quantization" in fixes
+    assert "threads" in fixes and "dynamic-quantization" not in fixes  # int8 is decided on a predict job
+    assert torch.get_num_threads() == 4  # the training cap is lifted at train end
     if cores < 4:
-        assert torch.get_num_threads() <= cores
-    dq = fixes["dynamic-quantization"]
-    assert dq.status in ("applied", "rejected", "skipped", "failed")
-    int8 = cb.quantized_for_inference()
-    assert (int8 is not None) == dq.applied and int8 is not trainer.model
+        assert fixes["threads"].status == "applied" and fixes["threads"].details["chosen"] <= cores
+    assert cb.quantized_for_inference() is None
     assert not any("Int8" in type(m).__name__ for m in trainer.model.modules())  # the Trainer's model stays fp32
 
     ckpt = tmp_path / "out" / "checkpoint-2"
@@ -440,6 +458,67 @@ def test_auto_apply_caps_threads_keeps_fp32_checkpoint_and_exports_int8(tmp_path
             assert logits.shape == (8, 2)
 
 
+def _fast_copy_spec():
+    """A fix whose candidate is a plain copy of the model: faithful; the original is slowed by a hook."""
+    import copy
+
+    from perfcallbacks.fixes._guard import Tolerance
+    from perfcallbacks.fixes.candidate import Candidate
+    from perfcallbacks.fixes.pipeline import FixSpec
+
+    tol = Tolerance(cosine_mean=0.999, argmax_agreement=None)
+
+    def build(model, batch, profile, params):
+        fast = copy.deepcopy(model)
+        for module in fast.modules():  # the copy runs without the user's slow hook
+            module._forward_pre_hooks.clear()
+        return Candidate("fake-fast", fast, tolerance=tol)
+
+    return FixSpec("fake-fast", ("predict",), build, plausible_max=1e6, tolerance=tol)
+
+
+def test_auto_apply_predict_is_decided_on_its_own_batches(tmp_path, tokenizer, monkeypatch):
+    import time
+
+    import perfcallbacks.fixes.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "FIXES", (_fast_copy_spec(),))
+    model = tiny_bert().eval()
+    calls = []
+
+    def slow(module, args, kwargs):  # the user's model pays 40 ms per forward
+        calls.append(1)
+        time.sleep(0.04)
+
+    handle = model.bert.embeddings.register_forward_pre_hook(slow, with_kwargs=True)
+    data = TextDataset(tokenizer, n=8 * 40)
+    plain = make_trainer(tmp_path / "plain", tokenizer, None, model=model).predict(data).predictions
+    calls.clear()
+    cb = HFPerfHints(auto_apply=True, warmup_steps=2, verbose=False)
+    trainer = make_trainer(tmp_path, tokenizer, cb, model=model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PerfHintWarning)
+        guarded = trainer.predict(data).predictions
+    handle.remove()
+    fix = next(f for f in cb.report.fixes if f.id == "fake-fast")
+    assert fix.status == "applied", fix.reason
+    assert len(calls) < 20 and fix.cost_s > 0  # the kept copy answered the rest of the job
+    assert torch.allclose(torch.as_tensor(plain), torch.as_tensor(guarded), atol=1e-5)
+    assert "forward" not in vars(model) and "predict" in vars(trainer)  # the model is left as it was
+
+
+def test_auto_apply_predict_short_job_measures_nothing(tmp_path, tokenizer):
+    model = tiny_bert().eval()
+    cb = HFPerfHints(auto_apply=True, warmup_steps=2, verbose=False)
+    trainer = make_trainer(tmp_path, tokenizer, cb, model=model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PerfHintWarning)
+        trainer.predict(TextDataset(tokenizer, n=16))
+    fix = next(f for f in cb.report.fixes if f.id == "dynamic-quantization")
+    assert fix.status == "skipped" and "job" in fix.reason and not fix.cost_s
+    assert "forward" not in vars(model)
+
+
 def test_auto_apply_off_writes_no_artifact(tmp_path, tokenizer):
     cb = HFPerfHints(warmup_steps=2, verbose=False)
     train_quietly(make_trainer(tmp_path, tokenizer, cb, max_steps=2, save_strategy="steps", save_steps=2))
@@ -451,7 +530,9 @@ def test_auto_apply_off_writes_no_artifact(tmp_path, tokenizer):
 def test_summary_not_printed_twice_when_nothing_changed(tmp_path, tokenizer, capsys):
     cb = HFPerfHints(target="a100", warmup_steps=2, verbose=True)
     train_quietly(make_trainer(tmp_path, tokenizer, cb, max_steps=3))
-    assert capsys.readouterr().out.count("tensor-cores-idle") == 1  # warm-up table only
+    out = capsys.readouterr().out
+    assert out.count("open hint, critical first") == 1  # warm-up table only
+    assert "nothing new since the table above" in out
 
 
 @pytest.mark.parametrize("restore_flag", [False, True])

@@ -36,10 +36,10 @@ from torch import nn
 from perfcallbacks.adapters._optional import require
 from perfcallbacks.adapters.facts import hf_run_facts, observe_gradients
 from perfcallbacks.adapters.common import (
-    cap_training_threads,
     default_report_path,
-    hint_count_metrics,
-    run_inference_fixes,
+    format_fixes,
+    is_deliberate,
+    raise_requested,
 )
 
 transformers = require("transformers", "hf", "transformers")
@@ -51,7 +51,11 @@ except ImportError:  # older releases: resume simply re-observes
     class ExportableState:  # type: ignore[no-redef]
         pass
 
-from perfcallbacks.advisor import INFERENCE_BATCHES_OBSERVED, Advisor, validate_common_args  # noqa: E402
+from perfcallbacks import output  # noqa: E402
+from perfcallbacks.advisor import INFERENCE_BATCHES_OBSERVED, Advisor  # noqa: E402
+from perfcallbacks.hints import user_code_location  # noqa: E402
+from perfcallbacks.measure import device_synchronizer  # noqa: E402
+from perfcallbacks.options import Options, enabled_by_env  # noqa: E402
 from perfcallbacks.device import DeviceProfile  # noqa: E402
 from perfcallbacks.report import FixResult  # noqa: E402
 
@@ -298,17 +302,17 @@ def _safe(event: Callable[..., Any]) -> Callable[..., None]:
 
     @functools.wraps(event)
     def wrapper(self: HFPerfHints, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        start = time.perf_counter()
-        before = self._advisor.overhead_s if self._advisor is not None else None
+        if self._off:  # PERFHINTS=off: a no-op
+            return None
+        advisor = self._advisor
+        meter = advisor.timed() if advisor is not None else contextlib.nullcontext()
         try:
-            event(self, args, state, control, **kwargs)
-        except Exception:
+            with meter:  # the one overhead meter: nested advisor work is counted once
+                event(self, args, state, control, **kwargs)
+        except Exception as err:
+            if is_deliberate(err):
+                raise  # fail_on / a hint warning turned into an error: the user asked for it
             log.debug("perfcallbacks: HFPerfHints.%s failed", event.__name__, exc_info=True)
-        finally:
-            if self._advisor is not None:
-                elapsed = time.perf_counter() - start
-                base = before if before is not None else 0.0
-                self._advisor.overhead_s = max(self._advisor.overhead_s, base + elapsed)
         return None  # never change control
 
     return wrapper
@@ -339,8 +343,15 @@ class HFPerfHints(TrainerCallback, ExportableState):
         suppress: hint ids never to emit (a typo raises ``ValueError``).
         report_path: JSON report path; ``None`` = ``<output_dir>/perf_hints.json``.
         latency_budget_ms: per-batch latency budget for inference batch-size advice.
-        verbose: print the summary table at the end of warm-up and at train end.
+        verbose: print the summary table at the end of warm-up and at train end (only when it changed),
+            through the Trainer's progress bar.
+        fail_on: ``"warning"`` / ``"critical"`` (or ``"info"``): raise :class:`~perfcallbacks.PerfHintError`
+            at train end / after evaluate / predict when a hint at or above it was found.
         local: the local device profile (default: detected); tests pass a preset.
+
+    ``PERFHINTS=off`` makes the callback a no-op; ``PERFHINTS_SUPPRESS=id,id`` adds suppressions.
+    Hint counts reach the ``report_to`` trackers as their own log entry (the Trainer's ``logs`` and
+    returned metrics are never touched), and the hint table as text where the tracker takes it.
 
     Raises:
         ValueError / TypeError: for bad arguments, naming the argument.
@@ -371,21 +382,24 @@ class HFPerfHints(TrainerCallback, ExportableState):
         report_path: str | Path | None = None,
         latency_budget_ms: float | None = None,
         verbose: bool = True,
+        fail_on: str | None = None,
         *,
         local: DeviceProfile | None = None,
     ) -> None:
-        validate_common_args(warmup_steps=warmup_steps, target=target, suppress=suppress,
-                             report_path=report_path, latency_budget_ms=latency_budget_ms,
-                             auto_apply=auto_apply, verbose=verbose)
+        suppress = tuple(suppress) if suppress is not None and not isinstance(suppress, str) else suppress
+        options = Options.from_args(warmup_steps=warmup_steps, target=target, suppress=suppress,
+                                    report_path=report_path, latency_budget_ms=latency_budget_ms,
+                                    auto_apply=auto_apply, verbose=verbose, fail_on=fail_on)
         if local is not None and not isinstance(local, DeviceProfile):
             raise TypeError(f"local must be None or a DeviceProfile, got {type(local).__name__}")
         self.auto_apply = auto_apply
-        self.warmup_steps = int(warmup_steps)
+        self.warmup_steps = options.warmup_steps
         self.target = target
-        self.suppress = tuple(suppress)
-        self.report_path = report_path
-        self.latency_budget_ms = latency_budget_ms
+        self.suppress = tuple(sorted(options.suppress))  # validated, consumed once (a generator works)
+        self.report_path = options.report_path
+        self.latency_budget_ms = options.latency_budget_ms
         self.verbose = verbose
+        self.fail_on = options.fail_on
         self._reset_runtime()
         self._local = local  # tests fake the local hardware here (as PerfHintCallback(local=...))
 
@@ -399,17 +413,21 @@ class HFPerfHints(TrainerCallback, ExportableState):
         self._measuring = False  # our own probes / fixes run the model: do not observe those forwards
         self._train_begun = False
         self._quiet = False  # warm-up over: step hooks return at once
-        self._warmup_signature: tuple | None = None
         self._report_file: Path | None = None
         self._quantized: nn.Module | None = None
         self._autocast_factory: Callable[[], Any] | None = None
+        self._off = not enabled_by_env()
+        self._trainer_ref: Any = None  # weakref to the Trainer (found at on_init_end), for predict's guard
+        self._handler_ref: Any = None  # weakref to its CallbackHandler: trackers get counts as their own entry
+        self._logged_counts: dict[str, float] | None = None
+        self._table_signature: tuple | None = None
         self._int8_artifacts: list[dict[str, Any]] = []
         self._resume_state: dict[str, Any] | None = None  # set by the Trainer when it restores callbacks
 
     # -- pickling (DDP spawn, deepcopy of callbacks): only the configuration travels --------
     def __getstate__(self) -> dict[str, Any]:
         keys = ("auto_apply", "warmup_steps", "target", "suppress", "report_path", "latency_budget_ms", "verbose",
-                "_local")
+                "fail_on", "_local")
         return {k: self.__dict__[k] for k in keys}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -426,7 +444,7 @@ class HFPerfHints(TrainerCallback, ExportableState):
             "args": {"auto_apply": self.auto_apply, "warmup_steps": self.warmup_steps, "target": target,
                      "suppress": list(self.suppress),
                      "report_path": None if self.report_path is None else str(self.report_path),
-                     "latency_budget_ms": self.latency_budget_ms, "verbose": self.verbose},
+                     "latency_budget_ms": self.latency_budget_ms, "verbose": self.verbose, "fail_on": self.fail_on},
             "attributes": {"_resume_state": self._advisor.state_dict() if self._advisor is not None else None},
         }
 
@@ -488,10 +506,11 @@ class HFPerfHints(TrainerCallback, ExportableState):
     # -- setup ---------------------------------------------------------------------------------
     def _ensure_advisor(self) -> Advisor:
         if self._advisor is None:
-            self._advisor = Advisor(target=self.target, suppress=self.suppress, warmup_steps=self.warmup_steps,
-                                    auto_apply=self.auto_apply, latency_budget_ms=self.latency_budget_ms,
-                                    report_path=self.report_path, verbose=self.verbose, framework="hf",
-                                    local=self._local)
+            # verbose=False: tables go through the progress bar here (output.emit_report), not print().
+            options = Options.from_args(target=self.target, suppress=self.suppress, warmup_steps=self.warmup_steps,
+                                        auto_apply=self.auto_apply, latency_budget_ms=self.latency_budget_ms,
+                                        report_path=self.report_path, verbose=False, fail_on=self.fail_on)
+            self._advisor = Advisor(framework="hf", local=self._local, options=options)
             self._advisor.context.framework_version = transformers.__version__
         return self._advisor
 
@@ -504,6 +523,8 @@ class HFPerfHints(TrainerCallback, ExportableState):
         if isinstance(model, nn.Module) and model is not self._model:
             self._model = model
             advisor.set_model(model)
+            advisor.user_location = user_code_location(model)
+            advisor.timer.sync = device_synchronizer(advisor.context.model_device)
         return advisor
 
     def _attach_router(self, args: Any, train_limit: int) -> None:
@@ -521,11 +542,22 @@ class HFPerfHints(TrainerCallback, ExportableState):
         finally:
             self._measuring = False
 
-    @_safe
     def on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._off = not enabled_by_env()  # PERFHINTS=off may be set after the callback was built
+        self._on_init_end(args, state, control, **kwargs)
+
+    @_safe
+    def _on_init_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._bind(args, state, kwargs.get("model"))
         # Attached now so a trainer.evaluate()/predict() without training is observed from batch one.
         self._attach_router(args, train_limit=0)
+        trainer = _calling_trainer()
+        if trainer is not None:
+            import weakref
+
+            self._trainer_ref = weakref.ref(trainer)
+            if self.auto_apply:
+                _guard_predict(self, trainer)
 
     @_safe
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -533,14 +565,14 @@ class HFPerfHints(TrainerCallback, ExportableState):
         self._train_begun = True
         self._restore(advisor, state)
         self._fill_context(advisor, args, kwargs)
-        if self.auto_apply:
-            cap_training_threads(advisor)
+        advisor.begin_stage("fit")  # auto_apply: the training thread cap, restored at train end
         advisor.capture_threads()
         try:
             hf_run_facts(args, self._model, advisor.context)
         except Exception:
             log.debug("perfcallbacks: could not collect HF run facts", exc_info=True)
         advisor.run_checks("setup")
+        self._in_train = True
         if self.warmup_steps == 0:
             self._finish_warmup(advisor, quiet=True)
         # Training limit: warm-up optimizer steps x micro-batches per step.
@@ -548,7 +580,11 @@ class HFPerfHints(TrainerCallback, ExportableState):
         if self._router is not None:
             self._router.train_limit = limit
         self._attach_router(args, train_limit=limit)
-        _move_ahead_of_reporters(self)
+        handler = _move_ahead_of_reporters(self)
+        if handler is not None:
+            import weakref
+
+            self._handler_ref = weakref.ref(handler)
 
     def _fill_context(self, advisor: Advisor, args: Any, kwargs: dict[str, Any]) -> None:
         ctx = advisor.context
@@ -588,18 +624,50 @@ class HFPerfHints(TrainerCallback, ExportableState):
         self._advisor.step_end()
         if self._advisor.warmup_done:
             self._quiet = True
-            report = self._advisor.report  # what the warm-up table just showed
-            self._warmup_signature = (tuple(report.hint_ids), tuple((f.id, f.status) for f in report.fixes))
+            if self._advisor.is_rank_zero:
+                self._show_table()
+                self._write_report(self._advisor)
+                self._log_counts(args, state, control)
+            raise_requested(self._advisor, fail_on=False)  # a hint warning turned into an error: now
 
     def _finish_warmup(self, advisor: Advisor, quiet: bool) -> None:
-        """Finish the warm-up (e.g. at train end when max_steps < warmup_steps), printing nothing if ``quiet``."""
+        """Finish the warm-up (e.g. at train end when max_steps < warmup_steps); the table is shown by the caller."""
         if not advisor.warmup_done:
-            verbose, advisor.verbose = advisor.verbose, advisor.verbose and not quiet
-            try:
-                advisor.finish_warmup()
-            finally:
-                advisor.verbose = verbose
+            advisor.finish_warmup()
         self._quiet = True
+
+    def _show_table(self, at_end: bool = False) -> None:
+        """The hint table through the Trainer's progress bar; at the end only when something changed."""
+        advisor = self._advisor
+        if not self.verbose or advisor is None or not advisor.is_rank_zero:
+            return
+        report = advisor.report
+        signature = output.report_signature(report)
+        if signature == self._table_signature:
+            if at_end:
+                output.emit_text(output.unchanged_line(report, self._report_file), framework="hf")
+            return
+        self._table_signature = signature
+        output.emit_report(report, framework="hf")
+
+    def _log_counts(self, args: Any, state: Any, control: Any) -> None:
+        """Hint counts to the ``report_to`` trackers as their own log entry (never in the Trainer's logs)."""
+        advisor, handler = self._advisor, self._handler_ref() if self._handler_ref else None
+        if advisor is None or handler is None:
+            return
+        counts = output.hint_counts_for_log(advisor.report, self._logged_counts)
+        if counts is None:
+            return
+        self._logged_counts = dict(counts)
+        for callback in handler.callbacks:
+            # Trackers (report_to integrations, user callbacks); not ourselves, not the console printers.
+            if callback is self or type(callback).__module__ == "transformers.trainer_callback":
+                continue
+            if True:
+                try:
+                    callback.on_log(args, state, control, logs=dict(counts))
+                except Exception:
+                    log.debug("perfcallbacks: %s rejected hint counts", type(callback).__name__, exc_info=True)
 
     def _drop_gap(self) -> None:
         # The next data-wait gap would contain an evaluation / save / epoch boundary, not loading.
@@ -645,54 +713,52 @@ class HFPerfHints(TrainerCallback, ExportableState):
         if not self._train_begun and not advisor.context.settings:
             self._fill_context(advisor, args, kwargs)  # evaluate()/predict() without train()
             advisor.run_checks("setup")
+        results = advisor.end_stage(stage) if stage in advisor.open_stages else []
+        guard = getattr(advisor, "_last_guard", None) if stage == "predict" else None
+        if guard is not None and results:
+            active = guard.active
+            self._quantized = active.model if active is not None and active.fix_id == "dynamic-quantization" else None
         advisor.context.inference.stage = stage
         model = self._model
+        in_training = bool(getattr(self, "_in_train", False))
         if not self._probed and self._inference_batch is not None and model is not None and advisor.is_rank_zero:
             self._probed = True
             with self._measuring_model():
-                advisor.probe_inference(model, self._inference_batch)
+                # Inside train(): no thread sweep / batch scaling (they would cost the fit's time).
+                advisor.probe_inference(model, self._inference_batch, sweep=not in_training,
+                                        deadline_s=self._probe_deadline(advisor))
         else:
             advisor.run_checks("inference")
         self._write_report(advisor)
+        if advisor.is_rank_zero and self.verbose:
+            for line in format_fixes(results):
+                output.emit_text(line, framework="hf")
+        if not in_training:
+            raise_requested(advisor)
+
+    def _probe_deadline(self, advisor: Advisor) -> float:
+        from perfcallbacks.probes import PROBE_BUDGET_S
+
+        started = getattr(self, "_stage_started", None)
+        elapsed = time.perf_counter() - started if started else PROBE_BUDGET_S
+        return max(0.05, min(PROBE_BUDGET_S, advisor.options.guard_budget * elapsed))
 
     # -- train end, save, log ------------------------------------------------------------------
     @_safe
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         advisor = self._bind(args, state, kwargs.get("model"))
         self._finish_warmup(advisor, quiet=True)
-        if self.auto_apply and advisor.is_rank_zero:
-            self._inference_fixes(advisor)
+        self._in_train = False
+        advisor.end_stage("fit")  # the training thread cap comes off
         self._write_report(advisor)
-        if self.verbose and advisor.is_rank_zero and self._summary_changed(advisor):
-            print(advisor.summary())
-
-    def _summary_changed(self, advisor: Advisor) -> bool:
-        """False when the warm-up table already showed exactly these hints and fixes (no duplicate print)."""
-        report = advisor.report
-        signature = (tuple(report.hint_ids), tuple((f.id, f.status) for f in report.fixes))
-        if self._warmup_signature == signature:
-            return False
-        return True
-
-    def _inference_fixes(self, advisor: Advisor) -> None:
-        """Post-train inference fixes, measured on a real batch; the Trainer's model is left as is."""
-        model = self._model
-        batch = self._inference_batch if self._inference_batch is not None else self._train_batch
-        if model is None or batch is None:
-            advisor.record_fix(FixResult("dynamic-quantization", "skipped",
-                                         "no real batch was observed to measure the fix on"))
-            return
-        cores = advisor.context.local.physical_cores or os.cpu_count() or 1
-        # stage "predict": threads + int8 on CPU, autocast on accelerators (shared with Lightning).
-        with self._measuring_model():
-            results, amp_factory, int8_model = run_inference_fixes(
-                advisor, model, batch, stage="predict", physical_cores=int(cores),
-                local_processes=int(advisor.context.local_world_size))
-        self._autocast_factory = amp_factory
-        self._quantized = int8_model
-        for result in results:
-            if result.id == "dynamic-quantization" and result.applied:
-                result.reason += "; get it from HFPerfHints.quantized_for_inference() (the Trainer's model stays fp32)"
+        if advisor.is_rank_zero:
+            self._log_counts(args, state, control)
+            handler = self._handler_ref() if self._handler_ref else None
+            if handler is not None:
+                output.log_to_hf_trackers(handler.callbacks, advisor.report, int(getattr(state, "global_step", 0)),
+                                          report_path=self._report_file)
+            self._show_table(at_end=True)
+        raise_requested(advisor)
 
     @_safe
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -723,15 +789,6 @@ class HFPerfHints(TrainerCallback, ExportableState):
         self._int8_artifacts.append(data)
         advisor.context.measurements["int8_export"] = data
 
-    @_safe
-    def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        logs = kwargs.get("logs")
-        advisor = self._advisor
-        if advisor is None or not isinstance(logs, dict) or not advisor.is_rank_zero:
-            return
-        if not advisor.hints and not self._train_begun:
-            return
-        logs.update(hint_count_metrics(advisor.report))
 
     def _write_report(self, advisor: Advisor) -> None:
         if self._report_file is not None:
@@ -750,25 +807,98 @@ def _as_dict(result: Any) -> dict[str, Any]:
     return {"result": repr(result)}
 
 
-def _move_ahead_of_reporters(callback: HFPerfHints) -> None:
-    """Put ``callback`` ahead of the ``report_to`` integrations so its ``on_log`` counts reach them.
+def _move_ahead_of_reporters(callback: HFPerfHints) -> Any:
+    """Put ``callback`` ahead of the ``report_to`` integrations; returns the Trainer's ``CallbackHandler``.
 
     The Trainer appends user callbacks after its tracker callbacks and gives
     callbacks no handle on the Trainer, so the handler is found on the calling
     frame. Moving an element *backwards* in the list being iterated is safe: the
-    elements after it keep their positions.
+    elements after it keep their positions. Being ahead means our ``on_train_end``
+    (hint table to TensorBoard) runs while the trackers' writers are still open.
     """
     from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
 
     frame = sys._getframe(1)
-    for _ in range(8):
+    for _ in range(12):
         if frame is None:
-            return
+            return None
         handler = frame.f_locals.get("self")
         if isinstance(handler, CallbackHandler) and callback in handler.callbacks:
             callbacks = handler.callbacks
             callbacks.remove(callback)
             index = next((i + 1 for i, cb in enumerate(callbacks) if isinstance(cb, DefaultFlowCallback)), 0)
             callbacks.insert(index, callback)
-            return
+            return handler
         frame = frame.f_back
+    return None
+
+
+def _calling_trainer() -> Any:
+    """The ``transformers.Trainer`` whose ``__init__`` is running ``on_init_end`` (callbacks get no handle)."""
+    frame = sys._getframe(1)
+    for _ in range(16):
+        if frame is None:
+            return None
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, transformers.Trainer):
+            return candidate
+        frame = frame.f_back
+    return None
+
+
+def _guard_predict(callback: HFPerfHints, trainer: Any) -> None:
+    """``auto_apply``: ``trainer.predict`` decides the inference fixes on its own batches.
+
+    An instance attribute shadows ``Trainer.predict`` (removed by nothing, harmless: it calls the
+    original); while a predict runs, the model's ``forward`` is guarded by the fix pipeline and the
+    model itself is never modified.
+    """
+    if "predict" in vars(trainer):
+        return
+    original = trainer.predict
+
+    @functools.wraps(original)
+    def predict(test_dataset: Any, *args: Any, **kwargs: Any) -> Any:
+        _begin_guarded_predict(callback, trainer, test_dataset)
+        try:
+            return original(test_dataset, *args, **kwargs)
+        finally:
+            advisor = callback._advisor
+            if advisor is not None and "predict" in advisor.open_stages:  # on_predict did not run (an error)
+                advisor.end_stage("predict")
+
+    trainer.predict = predict
+
+
+def _begin_guarded_predict(callback: HFPerfHints, trainer: Any, dataset: Any) -> None:
+    if callback._off:
+        return
+    try:
+        advisor = callback._bind(trainer.args, trainer.state, trainer.model)
+        model = callback._model
+        callback._stage_started = time.perf_counter()
+        if model is None or getattr(trainer.args, "torch_compile", False):
+            return
+        advisor.begin_stage("predict")
+        from perfcallbacks.fixes.pipeline import kwargs_batch, kwargs_with_batch
+
+        guard = advisor.guard_inference(model, "forward", stage="predict",
+                                        expected_calls=_eval_batches(trainer.args, dataset),
+                                        batch_of=kwargs_batch, with_batch=kwargs_with_batch)
+        advisor._last_guard = guard
+    except Exception:  # principle 1
+        log.debug("perfcallbacks: could not guard predict", exc_info=True)
+
+
+def _eval_batches(args: Any, dataset: Any) -> int | None:
+    """Batches ``Trainer.predict`` will run over ``dataset`` (``None`` without ``len``)."""
+    import math
+
+    try:
+        rows = len(dataset)
+    except TypeError:
+        return None
+    size = int(getattr(args, "eval_batch_size", None) or getattr(args, "per_device_eval_batch_size", 8) or 8)
+    if getattr(args, "dataloader_drop_last", False):
+        return rows // size or None
+    return math.ceil(rows / size) or None

@@ -402,6 +402,14 @@ class GuardedCalls:
         self.guard_budget = float(guard_budget)
         self.cache = cache
         self.original = original if original is not None else getattr(owner, method)
+        # Look like the method we stand in for: frameworks read its signature (HF drops dataset columns
+        # that forward() does not accept).
+        self.__wrapped__ = self.original
+        for attr in ("__name__", "__qualname__", "__doc__"):
+            try:
+                setattr(self, attr, getattr(self.original, attr))
+            except (AttributeError, TypeError):
+                pass
         self.clock = clock
         self._sync = sync if sync is not None else device_synchronizer(device_of(owner))
         self.calls = 0
