@@ -417,16 +417,24 @@ def format_hint_warning(hint: Hint) -> str:
     Example::
 
         >>> from perfcallbacks.hints import REGISTRY, format_hint_warning
-        >>> h = REGISTRY["padding-waste"].make("warmup", "61% of tokens are padding.", "DataCollatorWithPadding(tok)")
-        >>> print(format_hint_warning(h).splitlines()[0])
-        [padding-waste] 61% of tokens are padding.
+        >>> h = REGISTRY["padding-waste"].make("warmup", "61% padding.", "DataCollatorWithPadding(tok)")
+        >>> print("\\n".join(format_hint_warning(h).splitlines()[:2]))
+        [padding-waste] Most of the batch is padding
+          61% padding.
     """
+    import shutil
+    import textwrap
+
+    # Prose is wrapped at word boundaries for the terminal; code lines never are (paste-able).
+    width = max(60, shutil.get_terminal_size((100, 24)).columns - 1)
     entry = REGISTRY.get(hint.id)
-    lines = [f"[{hint.id}] {hint.message}"]
-    if hint.impact is not None:
-        lines[0] += f" (estimated {hint.impact:.2f}x)"
+    # Line 1 is short: it shares the terminal line with "file.py:LINE: PerfHintWarning: ".
+    lines = [f"[{hint.id}] {entry.title}" if entry is not None and entry.title else f"[{hint.id}]"]
+    body = hint.message + ("" if hint.impact is None else f" (estimated {hint.impact:.2f}x)")
+    wrap = {"width": width, "break_long_words": False, "break_on_hyphens": False}
+    lines += textwrap.wrap(body, initial_indent="  ", subsequent_indent="  ", **wrap)
     if entry is not None and entry.why:
-        lines.append(f"  why: {entry.why}")
+        lines += textwrap.wrap(f"why: {entry.why}", initial_indent="  ", subsequent_indent="    ", **wrap)
     lines.append("  fix:")
     lines.extend(f"    {line}" for line in hint.fix.splitlines() or [""])
     lines.append(f'  silence this one: suppress=["{hint.id}"] (or PERFHINTS_SUPPRESS={hint.id})')

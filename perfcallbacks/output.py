@@ -16,6 +16,7 @@ tracker that fails is skipped (logged at DEBUG).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import sys
@@ -163,6 +164,18 @@ def progress_safe() -> Iterator[None]:
         ...     print("no bar is broken by this line")
         no bar is broken by this line
     """
+    proxy = _rich_soft_wrap_stderr()
+    if proxy is not None:  # a rich live display (RichProgressBar) owns stderr: print through it, unfolded
+        previous, sys.stderr = sys.stderr, proxy
+        try:
+            yield
+        finally:
+            sys.stderr = previous
+            try:
+                proxy.flush()
+            except Exception:  # noqa: BLE001
+                log.debug("perfcallbacks: could not print through the rich console", exc_info=True)
+        return
     cls = _live_tqdm()
     if cls is None:
         yield
@@ -182,6 +195,37 @@ def progress_safe() -> Iterator[None]:
             manager.__exit__(None, None, None)
         except Exception:  # noqa: BLE001
             log.debug("perfcallbacks: could not redraw the progress bars", exc_info=True)
+
+
+class _RichSoftWrap(io.TextIOBase):
+    """Collects what is written and prints it on a rich console with ``soft_wrap=True``: rich's own
+    stderr proxy would fold a warning's fix code at the console width (newlines inside the code)."""
+
+    def __init__(self, console: Any, file: Any) -> None:
+        self._console, self._file, self._parts = console, file, []
+
+    def write(self, text: str) -> int:
+        self._parts.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        text, self._parts = "".join(self._parts), []
+        if text:
+            self._console.print(text.rstrip("\n"), markup=False, highlight=False, soft_wrap=True)
+
+    def isatty(self) -> bool:
+        return bool(getattr(self._file, "isatty", lambda: False)())
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+
+def _rich_soft_wrap_stderr() -> _RichSoftWrap | None:
+    stream = sys.stderr
+    if type(stream).__name__ != "FileProxy" or not hasattr(stream, "rich_proxied_file"):
+        return None
+    console = getattr(stream, "_FileProxy__console", None)
+    return None if console is None else _RichSoftWrap(console, stream.rich_proxied_file)
 
 
 def unchanged_line(report: Report, report_path: str | os.PathLike | None = None) -> str:
