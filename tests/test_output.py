@@ -271,3 +271,98 @@ def test_hf_trackers_get_text_and_skip_closed_writers(tmp_path):
 def test_a_failing_tracker_is_skipped():
     TensorBoardLogger = type("TensorBoardLogger", (), {"experiment": property(lambda self: 1 / 0)})
     assert output.log_to_lightning_loggers([TensorBoardLogger()], _report(), step=0) == []
+
+
+# -- warnings at the user's code (perfcallbacks.hints) ------------------------------------------------------
+def _hint():
+    return REGISTRY["padding-waste"].make("warmup", "61% of tokens are padding.", "DataCollatorWithPadding(tok)",
+                                          impact=2.4)
+
+
+class UserNet:  # stands in for the user's LightningModule class
+    pass
+
+
+def test_warning_points_at_the_users_class_and_follows_the_template():
+    import inspect
+    import warnings
+
+    from perfcallbacks.hints import PerfHintWarning, user_code_location, warn_hint
+
+    location = user_code_location(UserNet())
+    assert location == (__file__, inspect.getsourcelines(UserNet)[1])
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warn_hint(_hint(), user_frame=location)
+    (w,) = seen
+    assert w.category is PerfHintWarning and (w.filename, w.lineno) == location
+    text = str(w.message)
+    order = [text.index(part) for part in ("[padding-waste]", "61% of tokens", "why:", "fix:",
+                                           'suppress=["padding-waste"]', "perfhints explain padding-waste")]
+    assert order == sorted(order)
+
+
+def test_library_classes_and_frames_are_skipped():
+    import torch
+
+    from perfcallbacks.hints import user_code_location
+
+    filename, _ = user_code_location(torch.nn.Linear(2, 2))  # a torch class: fall back to the stack
+    assert filename == __file__
+    import warnings
+
+    from perfcallbacks.hints import warn_hint
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        warn_hint(_hint())  # no location: the first frame outside the libraries, i.e. this line
+    assert seen[0].filename == __file__
+
+
+def test_hints_as_errors_are_contained_and_returned():
+    import warnings
+
+    from perfcallbacks.hints import PerfHintWarning, emit_hint_warning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PerfHintWarning)
+        err = emit_hint_warning(_hint())
+    assert isinstance(err, PerfHintWarning) and "[padding-waste]" in str(err)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert emit_hint_warning(_hint()) is None
+
+
+def test_filters_that_silence_a_hint_are_recognised():
+    import warnings
+
+    from perfcallbacks.hints import PerfHintWarning, hint_silenced_by_filters
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert not hint_silenced_by_filters(_hint())
+        warnings.filterwarnings("ignore", message=r"\[padding-waste\]", category=PerfHintWarning)
+        assert hint_silenced_by_filters(_hint())
+        assert not hint_silenced_by_filters(REGISTRY["gpu-unused"].make("setup", "m", "f"))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=PerfHintWarning)
+        assert hint_silenced_by_filters(_hint())
+
+
+def test_progress_safe_restores_a_rich_stderr_proxy():
+    rich_console = pytest.importorskip("rich.console")
+    from rich.file_proxy import FileProxy
+
+    import io
+
+    buffer = io.StringIO()
+    console = rich_console.Console(file=buffer, width=40, force_terminal=False)
+    proxy = FileProxy(console, sys.__stderr__)
+    saved, sys.stderr = sys.stderr, proxy
+    try:
+        with output.progress_safe():
+            sys.stderr.write("x" * 60 + "\n")
+        assert sys.stderr is proxy
+    finally:
+        sys.stderr = saved
+    assert "x" * 60 in buffer.getvalue()  # not folded at the console's 40 columns
