@@ -62,6 +62,12 @@ def test_int8_available_estimated_for_linear_heavy_cpu_model(cpu_profile):
     assert "quantize_guarded" in hint.fix and "quantize_dynamic" not in hint.fix
 
 
+def test_int8_estimate_follows_the_isa(cpu_profile):
+    # benchmarks/impacts.md: VNNI (AVX-512) measured 2.9x on MiniLM, the AVX2 machine 1.37x.
+    vnni = _run(_mlp(), local=cpu_profile, target="cpu-avx512")["int8-available"]
+    assert vnni.impact == pytest.approx(2.5) and vnni.evidence["measured_speedup"] is None
+
+
 def test_int8_available_uses_measured_result(cpu_profile):
     measured = {"int8": {"speedup": 1.8, "fidelity": {"cosine_min": 0.999}}}
     hint = _run(_mlp(), local=cpu_profile, measurements=measured)["int8-available"]
@@ -191,9 +197,14 @@ def test_probe_inference_measures_threads_and_batch_scaling(cpu_profile):
     training = [m.training for m in model.modules()]
     adv.probe_inference(model, torch.randn(4, 128))
     m = adv.context.measurements
-    assert m["forward_s"] > 0
-    assert set(m["threads"]["latency_s"]) == {"1", "2"} and m["threads"]["current"] == threads
-    assert m["batch_scaling"]["batch_size"] == 4
+    assert m["forward_s"] > 0 and m["probe_s"] > 0
+    # On a loaded machine a probe may legitimately be skipped or drop an implausible count: never silently.
+    if "threads" in m:
+        assert set(m["threads"]["latency_s"]) | set(m["threads"].get("dropped", {})) == {"1", "2"}
+        assert m["threads"]["current"] == threads and str(threads) in m["threads"]["latency_s"]
+    else:
+        assert "threads" in m["probes_skipped"]
+    assert m["batch_scaling"]["batch_size"] == 4 if "batch_scaling" in m else "batch_scaling" in m["probes_skipped"]
     assert torch.get_num_threads() == threads and [x.training for x in model.modules()] == training
     assert not adv.check_failures
 

@@ -214,3 +214,16 @@ def test_thread_candidates_all_counts_for_few_cores_powers_of_two_beyond():
             thread_candidates(bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="current"):
         thread_candidates(4, 0)
+
+
+def test_a_variant_far_slower_than_its_estimate_cannot_blow_the_deadline():
+    # Estimated 0.1 ms, really 50 ms per call (2 threads on a loaded machine): 200 calls/sample planned.
+    clock = FakeClock()
+
+    def slow():
+        clock.now += 0.05
+
+    deadline = Deadline(1.0, clock)
+    start = clock()
+    steady_times({"slow": slow, "fast": lambda: None}, {"slow": 1e-4, "fast": 1e-4}, deadline)
+    assert clock() - start <= 1.0 + 0.05  # at most the one call running when the deadline passed

@@ -30,9 +30,14 @@ INT8_MIN_LINEAR_SHARE = 0.6
 # Without a measurement, skip small models: below ~0.5M Linear weights the
 # per-call quantization of activations costs about what the int8 GEMM saves.
 INT8_MIN_LINEAR_PARAMS = 500_000
-# Measured here: all-Linear int8 dynamic quantization of MiniLM-L6 (AVX2) is
-# 1.37x end to end; scaled by the Linear share for other models.
+# Measured: all-Linear int8 dynamic quantization of MiniLM-L6 is 1.37x end to end
+# on an AVX2 machine; on the AVX-512 VNNI EPYC (benchmarks/impacts.md) the guarded
+# fix measured 2.88-2.97x at 8x64 tokens, 1 thread, and 2.5 is used (longer
+# sequences give attention, which stays fp32, a larger share). Scaled by the
+# Linear share for other models.
 INT8_MINILM_SPEEDUP = 1.37
+INT8_VNNI_MINILM_SPEEDUP = 2.5
+_VNNI_ISA = ("avx512_vnni", "avx_vnni", "amx", "amx_int8")
 # threads-untuned: the current count must be > 5% slower than the best.
 THREADS_GAIN_MIN = 1.05
 # repeated-inputs: at least this many rows seen, and more than 20% duplicates.
@@ -121,7 +126,9 @@ def int8_available(ctx: RunContext) -> Hint | None:
     else:
         if linear_params < INT8_MIN_LINEAR_PARAMS:
             return None
-        impact, basis = 1.0 + (INT8_MINILM_SPEEDUP - 1.0) * share, "estimated from the Linear share"
+        vnni = any(isa in ctx.profile.isa for isa in _VNNI_ISA)
+        per_model = INT8_VNNI_MINILM_SPEEDUP if vnni else INT8_MINILM_SPEEDUP
+        impact, basis = 1.0 + (per_model - 1.0) * share, "estimated from the Linear share"
     fix = fix_text(ctx,
                    lightning="PerfHintCallback(auto_apply=True) measures and keeps guarded int8 quantization for "
                              "predict; or perfcallbacks.quantize_for_export(model, path, example_inputs=batch)",
