@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 # torch + torchao + the onnx extra. (b) and (c) live in their own venvs under .venvs/ (built on first use).
 # (c) lifts this machine's pip cap (constraints file) for its own install only: PIP_CONSTRAINT=/dev/null.
 VENVS := .venvs
-TF4_SPEC ?= transformers>=4.40,<5
+TF4_SPEC ?= transformers>=4.57,<5
 NEWEST_SPEC ?= torch torchao
 FAST := HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 FAST_ARGS ?= -q -m "not slow" -p no:cacheprovider

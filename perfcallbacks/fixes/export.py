@@ -455,11 +455,13 @@ def _onnx_linear_nodes(graph: Any) -> dict[str, list[str]]:
         meta = {p.key: p.value for p in node.metadata_props}
         if "aten.linear" not in meta.get("pkg.torch.onnx.fx_node", ""):
             continue
-        try:
-            scope = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))[-1]
-        except (ValueError, SyntaxError, IndexError):
+        try:  # e.g. ['', 'model', 'model.encoder', ..., 'model.encoder.layer.0.attention.self.query', 'linear_3']
+            scopes = [x for x in ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+                      if isinstance(x, str) and x.startswith("model.")]
+        except (ValueError, SyntaxError):
             continue
-        out.setdefault(scope.removeprefix("model."), []).append(node.name)
+        if scopes:  # the deepest module scope is the Linear itself (_Traceable holds the model as `model`)
+            out.setdefault(scopes[-1].removeprefix("model."), []).append(node.name)
     return out
 
 
