@@ -22,8 +22,9 @@ _SIZE = re.compile(r"expected (\d+), actual (\d+)")
 
 
 def _short(reason: str) -> str:
-    first = reason.strip().splitlines()[0] if reason.strip() else ""
-    return first[:REASON_CHARS]
+    """Dynamo's reason without its hints and debug context: the headline and its explanation."""
+    lines = [line.strip() for line in reason.strip().splitlines() if line.strip()]
+    return " ".join(lines[:2])[:REASON_CHARS]
 
 
 @check("compile-recompiles", phases=("warmup", "inference"))

@@ -1,0 +1,139 @@
+"""debug-mode-on: anomaly detection, launch blocking, sync debug, profilers, determinism left on while training."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from perfcallbacks import Advisor, DeviceProfile
+from perfcallbacks.checks.debug import debug_mode_on
+from perfcallbacks.context import RunContext
+
+pl = pytest.importorskip("lightning.pytorch")
+
+from _scenario import lightning_fit, loud_new_hints, mlp_loader, mlp_module  # noqa: E402
+
+NEW_IDS = {"debug-mode-on", "ddp-find-unused", "workers-restart", "compile-recompiles", "compile-graph-breaks",
+           "attention-eager", "channels-last-off", "cudnn-benchmark-off", "fp8-eligible"}
+
+
+def _ctx(**kw) -> RunContext:
+    ctx = RunContext(local=DeviceProfile.preset("cpu-avx2").replace(physical_cores=2, logical_cores=2), **kw)
+    ctx.phase = "warmup"
+    return ctx
+
+
+def test_lightning_detect_anomaly_fires_with_measured_cost():
+    assert not torch.is_anomaly_enabled()
+    report, cb, warned = lightning_fit(mlp_module(), mlp_loader(), steps=8, warmup=5,
+                                       trainer_kwargs={"detect_anomaly": True})
+    hint = report.hint("debug-mode-on")
+    assert hint is not None and hint.phase == "warmup" and hint.severity == "warning"
+    ev = hint.evidence
+    assert ev["modes"] == ["anomaly"] and ev["sources"] == {"anomaly": "Trainer(detect_anomaly=True)"}
+    assert ev["measured_modes"] == ["anomaly"]
+    # The probe ran forward+backward both ways on the run's own batch; the hint fires only when the
+    # measured cost is at least 5% of the step (its own threshold), so these hold whenever it fires.
+    assert ev["probe_with_ms"] > 0 and ev["probe_without_ms"] > 0
+    assert ev["cost_share_of_step"] >= 0.05 and hint.impact is not None and hint.impact > 1.0
+    assert "detect_anomaly=False" in hint.fix
+    assert any("[debug-mode-on]" in str(w.message) for w in warned)
+    assert not torch.is_anomaly_enabled()  # Lightning's own context restored it; the probe left it as found
+    # The probe never touched the user's gradients or parameters' training flags.
+    assert cb.advisor.context.probe_input is None
+
+
+def test_clean_lightning_fit_is_quiet():
+    report, _, _ = lightning_fit(mlp_module(), mlp_loader(), steps=8, warmup=5)
+    assert report.hint("debug-mode-on") is None
+    assert not loud_new_hints(report, NEW_IDS)
+
+
+def test_suppress_silences_debug_mode():
+    report, cb, warned = lightning_fit(mlp_module(), mlp_loader(), steps=8, warmup=5, suppress=["debug-mode-on"],
+                                       trainer_kwargs={"detect_anomaly": True})
+    assert "debug-mode-on" not in report.hint_ids
+    assert not any("[debug-mode-on]" in str(w.message) for w in warned)
+
+
+def test_plain_loop_global_anomaly_is_measured_and_state_restored():
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[m for _ in range(6) for m in (nn.Linear(32, 32), nn.Tanh())], nn.Linear(32, 4))
+    x, y = torch.randn(16, 32), torch.randint(0, 4, (16,))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    advisor = Advisor(model, warmup_steps=4, warn=False)
+    with torch.autograd.set_detect_anomaly(True):
+        advisor.run_checks("setup")
+        for _ in range(5):
+            with advisor.step((x, y)):
+                nn.functional.cross_entropy(model(x), y).backward()
+                grads = [p.grad.clone() for p in model.parameters()]
+                opt.step()
+                opt.zero_grad()
+        assert torch.is_anomaly_enabled()  # the probe restored the user's setting
+    measured = advisor.context.debug.measured
+    assert set(measured) >= {"with_s", "without_s", "modes"} and measured["modes"] == ["anomaly"]
+    assert grads and all(p.grad is None for p in model.parameters())  # probe used autograd.grad, not .grad
+    assert all(m.training for m in model.modules())
+
+
+def test_launch_blocking_fires_on_cuda_target_unmeasured():
+    ctx = _ctx(target=DeviceProfile.preset("h100"), framework="hf")
+    ctx.debug.launch_blocking = True
+    ctx.debug.sources["launch_blocking"] = "TrainingArguments(full_determinism=True) sets CUDA_LAUNCH_BLOCKING=1"
+    hint = debug_mode_on(ctx)
+    assert hint is not None and hint.evidence["modes"] == ["launch_blocking"] and hint.severity == "warning"
+    assert "full_determinism=False" in hint.fix and "CUDA_LAUNCH_BLOCKING" in hint.fix
+    assert hint.impact is None and "cannot be measured" in hint.message
+
+
+def test_launch_blocking_ignored_on_a_cpu_run():
+    ctx = _ctx()
+    ctx.debug.launch_blocking = True
+    assert debug_mode_on(ctx) is None
+
+
+def test_sync_debug_mode_and_profiler_fire_with_their_values():
+    ctx = _ctx(target=DeviceProfile.preset("a100"), framework="lightning")
+    ctx.debug.sync_debug_mode = 1
+    ctx.debug.profiler = "AdvancedProfiler"
+    ctx.debug.sources["profiler"] = "Trainer(profiler=AdvancedProfiler(...))"
+    hint = debug_mode_on(ctx)
+    assert hint.evidence["modes"] == ["sync_debug_mode", "profiler"]
+    assert hint.evidence["sync_debug_mode"] == 1 and hint.evidence["profiler"] == "AdvancedProfiler"
+    assert "set_sync_debug_mode(0)" in hint.fix and "profiler=None" in hint.fix
+
+
+def test_deterministic_measured_cheap_stays_quiet():
+    ctx = _ctx()
+    ctx.step_times = [0.010] * 6
+    ctx.debug.deterministic = True
+    ctx.debug.measured = {"modes": ["deterministic"], "with_s": 0.0081, "without_s": 0.0080}
+    assert debug_mode_on(ctx) is None  # measured: costs 0.1 ms of a 10 ms step
+    ctx.debug.measured = {"modes": ["deterministic"], "with_s": 0.0120, "without_s": 0.0080}
+    hint = debug_mode_on(ctx)
+    assert hint.evidence["extra_ms_per_step"] == pytest.approx(4.0)
+    assert hint.evidence["estimated_step_slowdown"] == pytest.approx(10 / 6, rel=1e-3)
+    assert "use_deterministic_algorithms(False)" in hint.fix
+
+
+def test_active_torch_profiler_is_seen():
+    from perfcallbacks.facts import active_profiler
+
+    assert active_profiler() is None
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]):
+        assert active_profiler() == "torch.profiler"
+    assert active_profiler() is None
+
+
+def test_env_launch_blocking_read_from_environment():
+    from perfcallbacks.facts import capture_process_facts
+
+    ctx = _ctx()
+    os.environ["CUDA_LAUNCH_BLOCKING"] = "1"  # restored by conftest
+    capture_process_facts(ctx)
+    assert ctx.debug.launch_blocking
