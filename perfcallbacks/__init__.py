@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from perfcallbacks.advisor import Advisor
-from perfcallbacks.device import DeviceProfile
 from perfcallbacks.hints import REGISTRY, Hint, PerfHintError, PerfHintWarning
 from perfcallbacks.report import FixResult, Report
 
 if TYPE_CHECKING:
+    from perfcallbacks.advisor import Advisor
+    from perfcallbacks.device import DeviceProfile
     from perfcallbacks.adapters.hf import HFPerfHints
     from perfcallbacks.adapters.lightning import PerfHintCallback
 
@@ -33,7 +33,10 @@ __all__ = [
     "quantize_for_export",
 ]
 
+# Loaded on first use: the ``perfhints run`` launcher imports the package without torch.
 _LAZY = {
+    "Advisor": ("perfcallbacks.advisor", "Advisor"),
+    "DeviceProfile": ("perfcallbacks.device", "DeviceProfile"),
     "PerfHintCallback": ("perfcallbacks.adapters.lightning", "PerfHintCallback"),
     "HFPerfHints": ("perfcallbacks.adapters.hf", "HFPerfHints"),
     "quantize_for_export": ("perfcallbacks.fixes", "quantize_for_export"),

@@ -30,7 +30,7 @@ from perfcallbacks.facts import capture_process_facts
 from perfcallbacks.hints import SEVERITIES, Hint, PerfHintError, emit_hint_warning
 from perfcallbacks.options import Options
 from perfcallbacks.process_state import ProcessState
-from perfcallbacks.observe import BatchObserver, StepTimer, batch_stats
+from perfcallbacks.observe import StepTimer, batch_stats
 from perfcallbacks.report import FixResult, Report, save_report_safely
 
 log = logging.getLogger("perfcallbacks")
@@ -194,7 +194,6 @@ class Advisor:
         self.warned: set[str] = set()
         self.overhead_s = 0.0  # observation: hooks, checks, probes (fix measuring is in each fix's cost_s)
         self.warmup_done = False
-        self._observer: BatchObserver | None = None
         self._meter_depth = 0
         self._deferred: BaseException | None = None  # a PerfHintWarning a filter turned into an error
         self._stage_state: dict[str, ProcessState] = {}
@@ -251,26 +250,6 @@ class Advisor:
             loader_workers=workers,
         )
         return ctx.threads
-
-    def attach_batch_observer(self, model: nn.Module, limit: int | None = None, inference: bool = False) -> None:
-        """Observe the model's own inputs (forward pre-hook) for ``limit`` calls, then detach."""
-        self.detach_observer()
-        limit = self.warmup_steps if limit is None else limit
-        self._observer = BatchObserver(model, limit, self._record_inference if inference else self._record_batch,
-                                       pad_token_id=self.context.pad_token_id, hash_rows=inference)
-
-    def detach_observer(self) -> None:
-        if self._observer is not None:
-            self._observer.detach()
-            self._observer = None
-
-    def _record_batch(self, stats: BatchStats) -> None:
-        if len(self.context.batches) < max(1, self.warmup_steps):
-            self.context.batches.append(stats)
-
-    def _record_inference(self, stats: BatchStats) -> None:
-        if len(self.context.inference_batches) < INFERENCE_BATCHES_OBSERVED:
-            self.context.inference_batches.append(stats)
 
     def observe_batch(self, batch: Any, inference: bool = False) -> None:
         """Summarise one batch (training by default). Cheap, bounded, never raises."""
@@ -339,11 +318,10 @@ class Advisor:
             self.finish_warmup()
 
     def finish_warmup(self) -> list[Hint]:
-        """End observation: detach hooks, run the warm-up checks once."""
+        """End observation: run the warm-up checks once."""
         if self.warmup_done:
             return []
         self.warmup_done = True
-        self.detach_observer()
         self._sync_timings()
         new = self.run_checks("warmup")
         if self.verbose and self.is_rank_zero:
@@ -464,7 +442,6 @@ class Advisor:
             self._sample_loader()
         if not self.warmup_done:
             self.warmup_done = True
-            self.detach_observer()
             self.run_checks("warmup")
         return self.report
 

@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from torch import nn
 
 from perfcallbacks.context import BatchStats
 
@@ -110,45 +109,6 @@ def _row_hashes(tensor: torch.Tensor, max_rows: int = 256) -> tuple[int, ...]:
     rows = tensor.detach()[:max_rows].to("cpu").contiguous()
     flat = rows.reshape(rows.shape[0], -1)
     return tuple(zlib.crc32(row.numpy().tobytes()) for row in flat)
-
-
-class BatchObserver:
-    """Forward pre-hook (with kwargs) on a model for its first ``limit`` calls, then removed.
-
-    The HF Trainer passes no batch to callbacks, so the model's own inputs are
-    the only reliable view of a batch. ``on_batch(stats)`` receives each summary.
-    """
-
-    def __init__(self, model: nn.Module, limit: int, on_batch: Callable[[BatchStats], None],
-                 pad_token_id: int | None = None, hash_rows: bool = False) -> None:
-        self.limit = max(0, int(limit))
-        self.calls = 0
-        self._on_batch = on_batch
-        self._pad = pad_token_id
-        self._hash = hash_rows
-        self._handle = None
-        if self.limit:
-            self._handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
-
-    @property
-    def attached(self) -> bool:
-        return self._handle is not None
-
-    def _hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.calls += 1
-        try:
-            stats = batch_stats(kwargs if kwargs else args, self._pad, self._hash)
-            if stats is not None:
-                self._on_batch(stats)
-        except Exception:  # principle 1: never break the user's forward
-            log.debug("perfcallbacks: batch observation failed", exc_info=True)
-        if self.calls >= self.limit:
-            self.detach()
-
-    def detach(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
 
 
 class StepTimer:

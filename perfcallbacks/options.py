@@ -11,10 +11,12 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from perfcallbacks.device import DeviceProfile, resolve_target
 from perfcallbacks.hints import SEVERITIES, validate_suppress
+
+if TYPE_CHECKING:
+    from perfcallbacks.device import DeviceProfile
 
 Severity = Literal["info", "warning", "critical"]
 ENV_SWITCH = "PERFHINTS"
@@ -87,6 +89,8 @@ class Options:
                   verbose: Any = True, fail_on: Any = None, guard_budget: Any = 0.10,
                   environ: Mapping[str, str] | None = None) -> Options:
         """Validate every argument (naming it and what is allowed) and merge the environment switches."""
+        from perfcallbacks.device import resolve_target  # imports torch: not at module import (perfhints run)
+
         if isinstance(warmup_steps, bool) or not isinstance(warmup_steps, numbers.Integral):
             raise TypeError(f"warmup_steps must be a non-negative int, got {warmup_steps!r} "
                             f"({type(warmup_steps).__name__})")

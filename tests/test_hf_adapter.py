@@ -448,9 +448,7 @@ def test_auto_apply_caps_threads_keeps_fp32_checkpoint_and_exports_int8(tmp_path
         assert export["checkpoint"] == "checkpoint-2", export
         assert export["status"] in ("applied", "rejected", "skipped"), export
         if export["status"] == "applied":
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load deprecation notice
-                artifact = torch.jit.load(str(ckpt / "model.int8.pt"))
+            artifact = torch.export.load(str(ckpt / "model.int8.pt2")).module()
             batch = cb._train_batch
             keys = export.get("inputs") or list(batch)
             out = artifact(*[batch[k] for k in keys])
@@ -523,7 +521,7 @@ def test_auto_apply_off_writes_no_artifact(tmp_path, tokenizer):
     cb = HFPerfHints(warmup_steps=2, verbose=False)
     train_quietly(make_trainer(tmp_path, tokenizer, cb, max_steps=2, save_strategy="steps", save_steps=2))
     assert (tmp_path / "out" / "checkpoint-2" / "model.safetensors").exists()
-    assert not (tmp_path / "out" / "checkpoint-2" / "model.int8.pt").exists()
+    assert not (tmp_path / "out" / "checkpoint-2" / "model.int8.pt2").exists()
     assert cb.report.fixes == [] and cb.quantized_for_inference() is None
 
 

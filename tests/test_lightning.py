@@ -522,12 +522,12 @@ def test_auto_apply_exports_int8_beside_the_last_checkpoint(tmp_path, local):
         trainer(tmp_path, cb, enable_checkpointing=True, max_steps=8).fit(model, loader())
     ckpts = sorted(tmp_path.rglob("*.ckpt"))
     assert len(ckpts) == 1
-    artifact = ckpts[0].with_suffix(".int8.pt")
+    artifact = ckpts[0].with_suffix(".int8.pt2")
     export = next(f for f in cb.advisor.fixes if f.id == "export")
     assert export.status == "applied", export.reason
     assert export.details["path"] == str(artifact) and artifact.is_file()
     assert export.fidelity["cosine_mean"] >= 0.99
-    int8 = torch.jit.load(str(artifact))
+    int8 = torch.export.load(str(artifact)).module()
     x = torch.randn(4, 32)
     assert torch.nn.functional.cosine_similarity(int8(x), model(x).detach(), dim=-1).min() > 0.98
     # the fp32 checkpoint still holds fp32 weights

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from perfcallbacks.observe import BatchObserver, StepTimer, batch_stats, iter_tensors
+from perfcallbacks.observe import StepTimer, batch_stats, iter_tensors
 
 
 def test_batch_stats_from_mask():
@@ -48,29 +48,6 @@ def test_row_hashes_find_identical_rows():
     hashes = batch_stats({"input_ids": ids}, hash_rows=True).row_hashes
     assert hashes[0] == hashes[2] != hashes[1]
     assert batch_stats({"input_ids": ids}).row_hashes == ()
-
-
-def test_batch_observer_sees_kwargs_and_detaches_after_limit():
-    class Model(nn.Module):
-        def forward(self, input_ids=None, attention_mask=None):
-            return input_ids.float().sum()
-
-    model, seen = Model(), []
-    observer = BatchObserver(model, limit=2, on_batch=seen.append)
-    batch = {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3)}
-    for _ in range(4):
-        model(**batch)
-    assert len(seen) == 2 and observer.calls == 2 and not observer.attached
-    assert not model._forward_pre_hooks
-
-
-def test_batch_observer_never_breaks_the_forward():
-    def explode(stats):
-        raise RuntimeError("observer bug")
-
-    model = nn.Linear(3, 1)
-    BatchObserver(model, limit=5, on_batch=explode)
-    assert model(torch.ones(2, 3)).shape == (2, 1)
 
 
 def test_step_timer_excludes_first_step_and_measures_gaps():

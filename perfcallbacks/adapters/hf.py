@@ -62,7 +62,7 @@ from perfcallbacks.report import FixResult  # noqa: E402
 log = logging.getLogger("perfcallbacks")
 
 # Name of the int8 artifact written inside checkpoint-<step>/ (never over model.safetensors).
-INT8_ARTIFACT_NAME = "model.int8.pt"
+INT8_ARTIFACT_NAME = "model.int8.pt2"
 # Keys dropped from captured batches: the probes measure inference, not the loss.
 _LABEL_KEYS = ("labels", "label", "label_ids", "return_loss")
 
@@ -335,7 +335,7 @@ class HFPerfHints(TrainerCallback, ExportableState):
             the model (never swapped into the Trainer: get it from
             :meth:`quantized_for_inference`); on accelerators a measured
             autocast for inference (:meth:`inference_autocast`); on every
-            checkpoint an int8 artifact ``model.int8.pt`` written *inside*
+            checkpoint an int8 artifact ``model.int8.pt2`` (torch.export) written *inside*
             ``checkpoint-<step>/`` beside the untouched fp32 weights.
         warmup_steps: optimizer steps observed before the advisor goes quiet.
         target: preset name (``"a100"``, ...) or :class:`DeviceProfile` to judge the

@@ -358,7 +358,7 @@ class PerfHintCallback(Callback):
 
         was_training = pl_module.training
         try:
-            result = quantize_for_export(pl_module, Path(fp32).with_suffix(".int8.pt"), example_inputs=example,
+            result = quantize_for_export(pl_module, Path(fp32).with_suffix(".int8.pt2"), example_inputs=example,
                                          fp32_path=fp32)
         finally:
             pl_module.train(was_training)
@@ -543,7 +543,6 @@ class PerfHintCallback(Callback):
         self._stage = self._inference_stage = None
         self._observing = False
         if self._advisor is not None:
-            self._advisor.detach_observer()
             for stage in list(self._advisor.open_stages):  # an exception mid-stage: take the guard off, restore
                 self._advisor.end_stage(stage)
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from perfcallbacks.fixes._guard import check_margin, model_device
 from perfcallbacks.measure import measure_threads
+from perfcallbacks.probes import plausible_ratio, thread_candidates
 from perfcallbacks.report import FixResult
 
 log = logging.getLogger(__name__)
@@ -32,21 +33,11 @@ def training_thread_cap(physical_cores: int, local_processes: int = 1) -> int:
     return max(1, physical_cores // local_processes)
 
 
-def thread_candidates(cap: int) -> list[int]:
-    """1, 2, 4, ... up to ``cap``, plus ``cap`` itself (a handful of timings, not one per core)."""
-    out, n = [], 1
-    while n < cap:
-        out.append(n)
-        n *= 2
-    out.append(cap)
-    return out
-
-
 def tune_threads(model: nn.Module, example_batch: Any, *, physical_cores: int, local_processes: int = 1,
                  margin: float = 0.05, apply: bool = True, repeats: int = 5) -> FixResult:
     """Measure intra-op thread counts on ``model``/``example_batch`` and keep the fastest.
 
-    Candidates are 1, 2, 4, ... up to ``physical_cores // local_processes`` (never
+    Candidates are :func:`perfcallbacks.probes.thread_candidates` up to ``physical_cores // local_processes`` (never
     more than the physical cores, divided among local processes). The best count
     is applied only if it beats the current one by ``margin``, or if the current
     count exceeds the per-process cap (oversubscription that one process cannot
@@ -72,9 +63,9 @@ def tune_threads(model: nn.Module, example_batch: Any, *, physical_cores: int, l
         if device.type != "cpu":
             return FixResult(FIX_ID, "skipped", f"model is on {device.type}: intra-op CPU threads do not "
                              "drive its forward", details=details)
-        candidates = thread_candidates(cap)
-        if previous <= cap and previous not in candidates:
-            candidates.append(previous)
+        # The same candidate list as the threads-untuned hint (one list: the hint never recommends a count
+        # the fix would not try).
+        candidates = thread_candidates(cap, previous if previous <= cap else None)
         timings = measure_threads(model, example_batch, sorted(candidates), repeats=repeats)
     except Exception as err:  # a measurement failure never reaches the user's run
         log.debug("threads fix failed", exc_info=True)
@@ -88,6 +79,13 @@ def tune_threads(model: nn.Module, example_batch: Any, *, physical_cores: int, l
     # Baseline: the current count when it is a legal candidate, else the capped setting we must move to.
     base = timings.get(previous, timings[cap])
     speedup = base / timings[best] if timings[best] > 0 else None
+    base_count = previous if previous in timings else cap
+    if speedup is not None and not oversubscribed and not plausible_ratio(min(best, base_count), max(best, base_count),
+                                                                          1 / speedup if best < base_count else speedup):
+        # A thread-count "speedup" beyond the thread ratio is a measurement error (a busy machine), not a result.
+        return FixResult(FIX_ID, "rejected", f"implausible measurement ({speedup:.2f}x from {base_count} to {best} "
+                         "threads): the machine was busy; nothing changed", speedup=None,
+                         details={**details, "chosen": previous, "implausible": True})
     if best == previous:
         return FixResult(FIX_ID, "rejected", f"current {previous} intra-op threads is already the fastest measured",
                          speedup=1.0, details={**details, "chosen": previous})

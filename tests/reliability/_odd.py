@@ -259,7 +259,8 @@ def load_report(path: str | Path) -> dict[str, Any]:
     data = json.loads(text)
     report = Report.from_json(text)
     assert data["schema"] == "perfcallbacks/report-v1"
-    assert len(report.hint_ids) == len(set(report.hint_ids)), "one entry per hint id"
+    keys = [(h.id, h.phase) for h in report.hints]
+    assert len(keys) == len(set(keys)), "one entry per (hint id, phase)"
     return data
 
 

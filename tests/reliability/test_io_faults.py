@@ -15,7 +15,8 @@ import warnings
 import pytest
 
 from _odd import load_report, loader, mlp, tmp_leftovers
-from perfcallbacks import Advisor, PerfHintWarning, Report
+from perfcallbacks import Advisor, Report
+from perfcallbacks.hints import PerfCallbacksIOWarning
 from perfcallbacks import report as report_mod
 from perfcallbacks.hints import Hint
 
@@ -26,7 +27,7 @@ def _write_warnings(fn, *args, **kwargs) -> list[str]:
         warnings.simplefilter("always")
         fn(*args, **kwargs)
     return [str(w.message) for w in caught
-            if issubclass(w.category, PerfHintWarning) and "could not write the report" in str(w.message)]
+            if issubclass(w.category, PerfCallbacksIOWarning) and "could not write the report" in str(w.message)]
 
 
 def _unwritable(tmp_path):
@@ -58,7 +59,7 @@ def test_hf_train_with_unwritable_report_path_warns(tmp_path):
 
 def test_advisor_write_report_to_unwritable_path_warns(tmp_path, local):
     advisor = Advisor(mlp(), warn=False, local=local)
-    with pytest.warns(PerfHintWarning, match="could not write the report"):
+    with pytest.warns(PerfCallbacksIOWarning, match="could not write the report"):
         assert advisor.write_report(_unwritable(tmp_path)) is None
 
 
@@ -94,7 +95,7 @@ def test_disk_full_mid_write_keeps_the_previous_report(tmp_path, monkeypatch):
     before = path.read_bytes()
     real_fdopen = report_mod.os.fdopen
     monkeypatch.setattr(report_mod.os, "fdopen", lambda fd, *a, **k: _DiskFullHalfway(real_fdopen(fd, *a, **k)))
-    with pytest.warns(PerfHintWarning, match="No space left"):
+    with pytest.warns(PerfCallbacksIOWarning, match="No space left"):
         assert report_mod.save_report_safely(_report("second"), path) is None
     assert path.read_bytes() == before and tmp_leftovers(tmp_path) == []
     assert load_report(path)["hints"][0]["message"] == "first"
@@ -109,7 +110,7 @@ def test_failed_rename_keeps_the_previous_report(tmp_path, monkeypatch):
         raise OSError(errno.EIO, "I/O error during rename")
 
     monkeypatch.setattr(report_mod.os, "replace", failing_replace)
-    with pytest.warns(PerfHintWarning, match="I/O error"):
+    with pytest.warns(PerfCallbacksIOWarning, match="I/O error"):
         assert report_mod.save_report_safely(_report("second"), path) is None
     assert path.read_bytes() == before and tmp_leftovers(tmp_path) == []
 
@@ -123,7 +124,7 @@ def test_failed_serialisation_keeps_the_previous_report(tmp_path, monkeypatch):
         raise ValueError("Out of range float values are not JSON compliant")
 
     monkeypatch.setattr(Report, "to_json", broken_to_json)
-    with pytest.warns(PerfHintWarning, match="JSON compliant"):
+    with pytest.warns(PerfCallbacksIOWarning, match="JSON compliant"):
         assert report_mod.save_report_safely(_report("second"), path) is None
     assert path.read_bytes() == before and tmp_leftovers(tmp_path) == []
 

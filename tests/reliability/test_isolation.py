@@ -115,6 +115,9 @@ def test_a_fit_with_the_callback_writes_only_the_report(tmp_path, local, monkeyp
     cb = PerfHintCallback(auto_apply=True, target="a100", warmup_steps=3, verbose=False, local=local)
     with_cb = _fit_in(tmp_path / "with", monkeypatch, [cb])
     assert without, "the plain fit wrote its logs/checkpoint"
-    assert with_cb - without == {str(Path(cb.report_written).relative_to(tmp_path / "with"))}
+    report = str(Path(cb.report_written).relative_to(tmp_path / "with"))
+    exported = {p for p in with_cb - without if ".int8.pt2" in p}  # auto_apply's export beside the checkpoint
+    assert all(p.startswith("lightning_logs/version_0/checkpoints/") for p in exported)
+    assert with_cb - without - exported == {report}
     assert Path(cb.report_written).name == "perf_hints.json"
     assert without - with_cb == set()

@@ -151,7 +151,7 @@ def test_quantize_for_export_never_touches_the_fp32_model_or_file(tmp_path):
     torch.save(model.state_dict(), fp32_path)
     fp32_bytes = fp32_path.read_bytes()
     before = snapshot(model)
-    result = fixes.quantize_for_export(model, tmp_path / "model.int8.pt", example_inputs=torch.randn(8, FEATURES),
+    result = fixes.quantize_for_export(model, tmp_path / "model.int8.pt2", example_inputs=torch.randn(8, FEATURES),
                                        fp32_path=fp32_path)
     assert result.status == "applied" and result.path != str(fp32_path)
     assert fp32_path.read_bytes() == fp32_bytes and same(model, before)
@@ -182,5 +182,5 @@ def test_hf_auto_apply_checkpoint_is_fp32_and_model_untouched(tmp_path):
     assert int8 is None or int8 is not model
     exports = cb.int8_exports
     if exports and exports[0]["status"] == "applied":
-        assert (folder / "model.int8.pt").exists()
+        assert (folder / "model.int8.pt2").exists()
     assert same(load_file(str(folder / "model.safetensors")), final)
