@@ -134,8 +134,9 @@ def int8_available(ctx: RunContext) -> Hint | None:
                              "predict; or perfcallbacks.quantize_for_export(model, path, example_inputs=batch)",
                    hf="HFPerfHints(auto_apply=True) measures and keeps guarded int8 quantization for predict; "
                       "or perfcallbacks.quantize_for_export(model, path, example_inputs=batch)",
-                   torch="result, model = perfcallbacks.fixes.quantize_guarded(model, batch) (measures int8 on "
-                         "your batch and returns the fp32 model unless it is faster and faithful), or "
+                   torch="model = Advisor(auto_apply=True).optimize_inference(model, first_batch, "
+                         "expected_batches=len(loader)) (decides int8 on the job's own batches; the fp32 model "
+                         "answers unless int8 is faster and faithful), or "
                          "perfcallbacks.quantize_for_export(model, path, example_inputs=batch)")
     int8 = outcome
     return REGISTRY["int8-available"].make(
