@@ -59,7 +59,7 @@ def test_int8_available_estimated_for_linear_heavy_cpu_model(cpu_profile):
     hint = _run(_mlp(), local=cpu_profile)["int8-available"]
     assert hint.evidence["linear_flop_share"] == 1.0 and hint.evidence["measured_speedup"] is None
     assert hint.impact == pytest.approx(1.37)
-    assert "quantize_guarded" in hint.fix and "quantize_dynamic" not in hint.fix
+    assert "optimize_inference" in hint.fix and "quantize_dynamic" not in hint.fix
 
 
 def test_int8_estimate_follows_the_isa(cpu_profile):
