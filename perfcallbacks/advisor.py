@@ -520,7 +520,8 @@ class Advisor:
         return None
 
     def guard_inference(self, owner: nn.Module, method: str, *, stage: str, expected_calls: int | None,
-                        batch_of: Any = None, with_batch: Any = None, original: Any = None) -> Any:
+                        batch_of: Any = None, with_batch: Any = None, original: Any = None,
+                        observe: Any = None) -> Any:
         """Put the guarded-fix pipeline on ``owner.<method>`` for this stage (``auto_apply`` only).
 
         Returns the :class:`~perfcallbacks.fixes.pipeline.GuardedCalls` (installed unless ``original``
@@ -540,7 +541,7 @@ class Advisor:
             guard = GuardedCalls(owner, method, stage=stage, profile=self.context.local,
                                  expected_calls=expected_calls, record=self.record_fix, batch_of=batch_of,
                                  with_batch=with_batch, guard_budget=self.options.guard_budget,
-                                 cache=DecisionCache(), original=original)
+                                 cache=DecisionCache(), original=original, observe=observe)
             if original is None:
                 guard.install()
             self._guards[stage] = guard
@@ -607,13 +608,18 @@ class Advisor:
             self.set_model(model)
         self.finish_inference()
         self.begin_stage("predict")
-        self.observe_batch(example_batch, inference=True)
         guard = self.guard_inference(model, "__call__", stage="predict", expected_calls=expected_batches,
-                                     original=model)
+                                     original=model, observe=self._observe_plain_call)
         self._plain_guard = guard
         if guard is None:
+            self.observe_batch(example_batch, inference=True)
             return model
         return GuardedModule(model, guard)
+
+    def _observe_plain_call(self, batch: Any) -> None:
+        if len(self.context.inference_batches) < INFERENCE_BATCHES_OBSERVED:
+            self.observe_batch(batch, inference=True)
+            self.observe_inference_call(self.context.model)
 
     def finish_inference(self) -> list[FixResult]:
         """Conclude a plain loop's :meth:`optimize_inference` stage: decide, restore, run inference checks."""

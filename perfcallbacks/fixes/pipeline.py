@@ -368,7 +368,9 @@ class GuardedCalls:
         guard_budget: share of the estimated job the measuring may cost.
         cache: a :class:`~perfcallbacks.fixes.cache.DecisionCache` (``None`` = no on-disk reuse).
         specs: the fixes to consider (default: all of :data:`FIXES` allowed in ``stage``).
-        clock: the timer (tests inject one).
+        original: the user's callable when the caller routes calls itself (nothing is patched).
+        clock / sync: the timer and the device synchroniser (tests inject them).
+        observe: called with each call's batch (the plain loop's view of its inference batches).
 
     Example::
 
@@ -390,7 +392,7 @@ class GuardedCalls:
                  with_batch: Callable[[tuple, dict, Any], tuple[tuple, dict]] | None = None,
                  guard_budget: float = 0.10, cache: Any = None, specs: Sequence[FixSpec] | None = None,
                  original: Callable[..., Any] | None = None, clock: Callable[[], float] = time.perf_counter,
-                 sync: Synchronizer | None = None) -> None:
+                 sync: Synchronizer | None = None, observe: Callable[[Any], Any] | None = None) -> None:
         self.owner = owner
         self.method = method
         self.stage = stage
@@ -412,6 +414,7 @@ class GuardedCalls:
                 pass
         self.clock = clock
         self._sync = sync if sync is not None else device_synchronizer(device_of(owner))
+        self.observe = observe  # a plain loop's batches reach the inference checks through here
         self.calls = 0
         self.first_call_s: float | None = None
         self.active: Candidate | None = None  # the applied candidate answering calls
@@ -465,6 +468,11 @@ class GuardedCalls:
     # -- one framework call ----------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.calls += 1
+        if self.observe is not None:
+            try:
+                self.observe(self.batch_of(args, kwargs))
+            except Exception:  # principle 1
+                log.debug("perfcallbacks: could not observe a call", exc_info=True)
         try:
             if self.trial is None and not self.pending:
                 return self._run_active(args, kwargs)
