@@ -38,9 +38,11 @@ log = logging.getLogger("perfcallbacks")
 
 # Pre-hook calls observed for input shapes (cudnn-benchmark-off) before the hook removes itself.
 SHAPE_CALLS = 64
-# Probes measure when they cost at most this share of the remaining fit (or this many seconds).
+# Probes measure only when they cost at most this share of the fit (or this many seconds for a short or
+# unknown one); like the fix guard, a one-off measurement, and skipped (with the numbers) when it would not fit.
 PROBE_JOB_SHARE = 0.05
-PROBE_MIN_BUDGET_S = 2.0
+PROBE_MIN_BUDGET_S = 1.0
+PROBE_MIN_REPEATS = 2
 # A model copy (channels_last / SDPA probes) only when the copy is this small (bytes) ...
 COPY_MAX_BYTES = 1 << 30
 # ... and, on CUDA, at most this share of the free memory.
@@ -377,10 +379,21 @@ class _RestoreRng:
 
 
 def _repeats(ctx: RunContext, variants: int, budget_s: float) -> int:
-    """Timed repeats per variant that fit the budget (one untimed warm-up run each, 3 to 7 repeats)."""
+    """Timed repeats per variant that fit the budget (one untimed warm-up run each, 2 to 7 repeats)."""
     step = ctx.median_step_s or 0.05
     affordable = int(budget_s / max(step * variants, 1e-6)) - 1
-    return max(3, min(7, affordable))
+    return max(PROBE_MIN_REPEATS, min(7, affordable))
+
+
+def _over_budget(ctx: RunContext, variants: int, budget_s: float) -> str | None:
+    """Why the smallest probe would not fit the budget, or ``None`` when it fits."""
+    step = ctx.median_step_s
+    if not step:
+        return None
+    cost = (1 + PROBE_MIN_REPEATS) * variants * step
+    if cost <= budget_s:
+        return None
+    return f"probe would take ~{cost:.1f} s, over its budget of {budget_s:.1f} s (5% of the fit)"
 
 
 def _compare(ctx: RunContext, fns: dict[str, Callable[[], None]], budget_s: float) -> dict[str, float]:
@@ -413,6 +426,10 @@ def _probe_debug(ctx: RunContext, model: nn.Module, batch: Any, budget_s: float)
                 torch.use_deterministic_algorithms(True, warn_only=warn_only)
                 torch.backends.cudnn.deterministic = cudnn_det
 
+    over = _over_budget(ctx, 2, budget_s)
+    if over:
+        debug.measured = {"skipped": over}
+        return
     start = time.perf_counter()
     times = _compare(ctx, {"with": with_mode, "without": without_mode}, budget_s)
     modes = [name for name, on in (("anomaly", anomaly), ("deterministic", deterministic)) if on]
@@ -430,8 +447,10 @@ def _probe_channels_last(ctx: RunContext, model: nn.Module, batch: Any, budget_s
     layout.measured["conv2d_flop_share"] = conv_flop_share(model, batch)
     if layout.measured["conv2d_flop_share"] is not None:
         layout.conv2d_share = layout.measured["conv2d_flop_share"]
-    if not _copy_affordable(model):
-        layout.measured["skipped"] = "model too large to copy for the probe"
+    over = _over_budget(ctx, 2, budget_s) or (None if _copy_affordable(model) else
+                                              "model too large to copy for the probe")
+    if over:
+        layout.measured["skipped"] = over
         return
     cand = channels_last_candidate(model, batch, profile=ctx.profile)
     if not isinstance(cand, Candidate):
@@ -453,8 +472,10 @@ def _probe_sdpa(ctx: RunContext, model: nn.Module, batch: Any, budget_s: float) 
     attn = ctx.attention
     if attn is None:
         return
-    if not _copy_affordable(model):
-        attn.measured["skipped"] = "model too large to copy for the probe"
+    over = _over_budget(ctx, 2, budget_s) or (None if _copy_affordable(model) else
+                                              "model too large to copy for the probe")
+    if over:
+        attn.measured["skipped"] = over
         return
     cand = sdpa_candidate(model, batch, profile=ctx.profile)
     if not isinstance(cand, Candidate):

@@ -19,25 +19,36 @@ NEW_IDS = {"debug-mode-on", "ddp-find-unused", "workers-restart", "compile-recom
            "attention-eager", "channels-last-off", "cudnn-benchmark-off", "fp8-eligible"}
 
 
+
+@pytest.fixture
+def probe_budget(monkeypatch):
+    """A generous probe budget: these tests check what the probe measures, not whether this (shared, loaded)
+    machine's short fits leave room for it (the budget itself: test_facts.py)."""
+    import perfcallbacks.facts
+
+    monkeypatch.setattr(perfcallbacks.facts, "PROBE_MIN_BUDGET_S", 60.0)
+
 def _ctx(**kw) -> RunContext:
     ctx = RunContext(local=DeviceProfile.preset("cpu-avx2").replace(physical_cores=2, logical_cores=2), **kw)
     ctx.phase = "warmup"
     return ctx
 
 
-def test_lightning_detect_anomaly_fires_with_measured_cost():
+def test_lightning_detect_anomaly_fires_with_measured_cost(probe_budget):
     assert not torch.is_anomaly_enabled()
     report, cb, warned = lightning_fit(mlp_module(), mlp_loader(), steps=8, warmup=5,
                                        trainer_kwargs={"detect_anomaly": True})
     hint = report.hint("debug-mode-on")
-    assert hint is not None and hint.phase == "warmup" and hint.severity == "warning"
+    assert hint is not None and hint.phase == "warmup"
     ev = hint.evidence
+    assert "not_measured" not in ev, ev
     assert ev["modes"] == ["anomaly"] and ev["sources"] == {"anomaly": "Trainer(detect_anomaly=True)"}
     assert ev["measured_modes"] == ["anomaly"]
     # The probe ran forward+backward both ways on the run's own batch; the hint fires only when the
     # measured cost is at least 5% of the step (its own threshold), so these hold whenever it fires.
     assert ev["probe_with_ms"] > 0 and ev["probe_without_ms"] > 0
     assert ev["cost_share_of_step"] >= 0.05 and hint.impact is not None and hint.impact > 1.0
+    assert hint.severity == ("warning" if ev["cost_share_of_step"] >= 0.10 else "info")
     assert "detect_anomaly=False" in hint.fix
     assert any("[debug-mode-on]" in str(w.message) for w in warned)
     assert not torch.is_anomaly_enabled()  # Lightning's own context restored it; the probe left it as found
@@ -58,7 +69,7 @@ def test_suppress_silences_debug_mode():
     assert not any("[debug-mode-on]" in str(w.message) for w in warned)
 
 
-def test_plain_loop_global_anomaly_is_measured_and_state_restored():
+def test_plain_loop_global_anomaly_is_measured_and_state_restored(probe_budget):
     from torch import nn
 
     torch.manual_seed(0)

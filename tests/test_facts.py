@@ -107,3 +107,15 @@ def test_hf_run_facts_full_determinism_compile_and_epochs():
     assert "deterministic" in ctx.debug.sources and "launch_blocking" in ctx.debug.sources
     assert ctx.compile.compiled and ctx.epochs == 3 and ctx.batches_per_epoch == 4
     assert ctx.ddp is None  # single process
+
+
+def test_probe_skipped_with_its_numbers_when_over_budget():
+    from perfcallbacks.facts import run_warmup_probes
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3))
+    ctx = _ctx(batches_per_epoch=10, epochs=1)
+    capture_process_facts(ctx, model)
+    model(torch.randn(2, 3, 12, 12))
+    ctx.phase, ctx.step_times = "warmup", [0.5] * 5  # 3 runs x 2 variants x 0.5 s > max(1 s, 5% of 5 s)
+    run_warmup_probes(ctx, model)
+    assert "over its budget" in ctx.layout.measured["skipped"] and "speedup" not in ctx.layout.measured

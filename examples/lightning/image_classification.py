@@ -182,15 +182,16 @@ def predict_with_fixes(model: ImageClassifier, loader: DataLoader, out: Path) ->
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=16, help="training steps per run")
+    parser.add_argument("--steps", type=int, default=100, help="training steps per run")
     parser.add_argument("--warmup-steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--width", type=int, default=32, help="channels of the first stage")
+    parser.add_argument("--image-size", type=int, default=16)
+    parser.add_argument("--width", type=int, default=16, help="channels of the first stage")
     parser.add_argument("--target", default=None, help="plan for another device too, e.g. a100")
     parser.add_argument("--fixed", action="store_true", help="also train with channels_last applied by hand")
     parser.add_argument("--auto-apply", action="store_true", help="predict with auto_apply=True")
-    parser.add_argument("--predict-batches", type=int, default=24)
+    parser.add_argument("--predict-batches", type=int, default=160,
+                        help="a predict job long enough for the guard to afford measuring the fix")
     parser.add_argument("--out", default="runs/image_classification")
     args = parser.parse_args(argv)
     out = Path(args.out)

@@ -110,6 +110,10 @@ def debug_mode_on(ctx: RunContext) -> Hint | None:
     elif measured:
         cost = " Its cost was measured on this machine only; on the target device it is not known."
         impact = None
+    elif debug.measured.get("skipped") or debug.measured.get("error"):
+        reason = debug.measured.get("skipped") or debug.measured.get("error")
+        evidence["not_measured"] = reason
+        cost = f" Not measured: {reason}."
     else:
         cost = " Its cost cannot be measured inside the run (it cannot be switched off safely here)."
     return REGISTRY["debug-mode-on"].make(
