@@ -455,11 +455,17 @@ class Advisor:
             log.debug("perfcallbacks: could not sample the dataloader", exc_info=True)
 
     def probe_inference(self, model: nn.Module, batch: Any, *, sweep: bool = True,
-                        deadline_s: float | None = None) -> list[Hint]:
+                        deadline_s: float | None = None, per_call_s: float | None = None) -> list[Hint]:
         """Measure the model on a real inference batch (threads, int8, batch size), then run
         the inference checks. Probes live in :mod:`perfcallbacks.probes`; a failing probe is
         recorded like a failing check. ``sweep=False`` leaves out the thread sweep and batch
-        scaling (fit's own validation); ``deadline_s`` caps the probing time."""
+        scaling (fit's own validation); ``deadline_s`` caps the probing time. When the deadline
+        cannot hold three of the job's calls (``per_call_s``), nothing is probed: a short job is
+        not made longer by measuring it."""
+        if deadline_s is not None and per_call_s is not None and deadline_s < 3 * per_call_s:
+            self.context.measurements["probes_skipped"] = {
+                "all": f"{deadline_s:.2f} s of probing budget < 3 calls of {per_call_s:.3f} s"}
+            return self.run_checks("inference")
         with self.timed():
             try:
                 import inspect

@@ -265,6 +265,8 @@ class _ForwardRouter:
                 if owner._train_batch is None and owner.auto_apply:
                     owner._train_batch = snapshot_batch(batch)
             elif self.inference_calls < INFERENCE_BATCHES_OBSERVED:
+                if self.inference_calls == 0 and getattr(owner, "_stage_started", None) is None:
+                    owner._stage_started = start  # the first evaluate/predict forward: the probes' budget base
                 self.inference_calls += 1
                 advisor.observe_batch(batch, inference=True)
                 advisor.observe_inference_call(module)
@@ -725,8 +727,11 @@ class HFPerfHints(TrainerCallback, ExportableState):
             self._probed = True
             with self._measuring_model():
                 # Inside train(): no thread sweep / batch scaling (they would cost the fit's time).
+                calls = max(1, advisor.context.inference.calls)
+                started = getattr(self, "_stage_started", None)
+                per_call = (time.perf_counter() - started) / calls if started and not in_training else None
                 advisor.probe_inference(model, self._inference_batch, sweep=not in_training,
-                                        deadline_s=self._probe_deadline(advisor))
+                                        deadline_s=self._probe_deadline(advisor), per_call_s=per_call)
         else:
             advisor.run_checks("inference")
         self._write_report(advisor)

@@ -458,7 +458,10 @@ class PerfHintCallback(Callback):
         self._fill_loop_call()
         example = self._examples.get(stage)
         if example is not None:
-            advisor.probe_inference(pl_module, example, deadline_s=self._probe_deadline(advisor))
+            elapsed = time.perf_counter() - (self._stage_started or time.perf_counter())
+            calls = _stage_batches(trainer, stage) or 1
+            advisor.probe_inference(pl_module, example, deadline_s=self._probe_deadline(advisor),
+                                    per_call_s=elapsed / calls)
         else:
             advisor.run_checks("inference")
         self._examples.clear(stage)
