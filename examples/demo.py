@@ -6,11 +6,14 @@ packages, labelled by library) three ways:
 1. a naive Lightning setup, with ``PerfHintCallback`` printing what it measured;
 2. the hints applied (dynamic padding, length-grouped batches, tokenise once),
    with the measured throughput before/after;
-3. predict with ``PerfHintCallback(auto_apply=True)``: threads and int8 dynamic
-   quantization measured on the model, kept only if faster and faithful.
+3. predict with ``PerfHintCallback(auto_apply=True)``: the fixes are decided on the
+   predict job itself, only when measuring pays for itself on the job, and kept only
+   if faster and faithful on enough of the job's rows.
 
-Then it summarises the hints, the fixes (speedup, fidelity) and where the JSON
-reports went (render one again with ``perfhints report FILE``).
+Then it summarises the hints, the fixes (speedup, fidelity, what measuring cost) and
+where the JSON reports went (render one again with ``perfhints report FILE``). The
+CNN counterpart (channels_last, cudnn.benchmark hints on a small ResNet) is
+``python examples/lightning/image_classification.py``.
 """
 
 from __future__ import annotations
@@ -40,9 +43,12 @@ def main() -> None:
     for fix in result.get("fixes", []):
         speed = "" if fix["speedup"] is None else f"{fix['speedup']:.2f}x"
         fid = fix.get("fidelity") or {}
-        fidelity = ", ".join(f"{k} {v:.4f}" for k, v in fid.items() if k in ("cosine_min", "argmax_agreement")
-                             and isinstance(v, (int, float)))
-        print(f"auto fix {fix['id']:<21}: {fix['status']:<8} {speed:>6}  {fidelity}  ({fix['reason']})")
+        rows = f" on {int(fid['rows'])} rows" if fid.get("rows") else ""
+        fidelity = ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in fid.items()
+                             if k in ("cosine_min", "argmax_agreement") and isinstance(v, (int, float))) + rows
+        cost = f"measuring cost {fix['cost_s']:.2f}s" if fix.get("cost_s") else "nothing measured"
+        print(f"auto fix {fix['id']:<21}: {fix['status']:<8} {speed:>6}  {fidelity}  {cost}  ({fix['reason']})")
+    print("CNN hints and the channels-last fix: python examples/lightning/image_classification.py")
     print("reports                : " + ", ".join(str(p) for p in sorted(Path("runs/demo").rglob("perf_hints.json"))))
     print("render one             : perfhints report runs/demo/naive/perf_hints.json")
     print(f"demo wall time         : {time.perf_counter() - start:.0f} s")
