@@ -16,19 +16,21 @@ import os
 import platform
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
-# Capability levels, ordered from best to worst.
-FAST = "fast"
-SUPPORTED = "supported"  # works natively, but is not where this device shines
-EMULATED = "emulated"  # accepted by torch, but computed the slow way
-UNSUPPORTED = "unsupported"
-LEVELS = (FAST, SUPPORTED, EMULATED, UNSUPPORTED)
+# Capability levels, ordered from best to worst (tests/test_types.py keeps Level equal to LEVELS).
+Level = Literal["fast", "supported", "emulated", "unsupported"]
+FAST: Level = "fast"
+SUPPORTED: Level = "supported"  # works natively, but is not where this device shines
+EMULATED: Level = "emulated"  # accepted by torch, but computed the slow way
+UNSUPPORTED: Level = "unsupported"
+LEVELS: tuple[Level, ...] = (FAST, SUPPORTED, EMULATED, UNSUPPORTED)
 
 FEATURES = ("fp16", "bf16", "tf32", "fp8", "tensor_cores", "int8_dynamic", "compile")
-KINDS = ("cpu", "cuda", "mps", "xpu")
+DeviceKind = Literal["cpu", "cuda", "mps", "xpu"]
+KINDS: tuple[DeviceKind, ...] = ("cpu", "cuda", "mps", "xpu")
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,7 @@ class DeviceProfile:
         True
     """
 
-    kind: str
+    kind: DeviceKind
     name: str
     count: int = 0
     compute_capability: tuple[int, int] | None = None
@@ -70,7 +72,7 @@ class DeviceProfile:
     physical_cores: int | None = None
     logical_cores: int | None = None
     isa: tuple[str, ...] = ()
-    capabilities: dict[str, str] = field(default_factory=dict)
+    capabilities: dict[str, Level] = field(default_factory=dict)
     alignment: dict[str, int] = field(default_factory=dict)
     source: str = "detected"
     notes: tuple[str, ...] = ()
@@ -94,7 +96,7 @@ class DeviceProfile:
         """Tensor Cores (CUDA), AMX (CPU) or an Apple/Intel matrix engine."""
         return self.supports("tensor_cores") == FAST
 
-    def supports(self, feature: str) -> str:
+    def supports(self, feature: str) -> Level:
         """Level of ``feature`` on this device (one of :data:`LEVELS`)."""
         if feature not in FEATURES:
             raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
@@ -144,7 +146,7 @@ class DeviceProfile:
 
     # -- constructors ----------------------------------------------------------
     @classmethod
-    def detect(cls, kind: str | None = None) -> DeviceProfile:
+    def detect(cls, kind: DeviceKind | None = None) -> DeviceProfile:
         """Profile of this machine: the best accelerator present, else the CPU.
 
         ``kind="cpu"`` forces the host CPU profile even when a GPU is present.
@@ -288,7 +290,7 @@ def _cpu_name(cpuinfo: str) -> str:
     return match.group(1).strip() if match else (platform.processor() or platform.machine() or "cpu")
 
 
-def cpu_capabilities(isa: tuple[str, ...] | set[str]) -> tuple[dict[str, str], dict[str, int]]:
+def cpu_capabilities(isa: tuple[str, ...] | set[str]) -> tuple[dict[str, Level], dict[str, int]]:
     """Capability levels and GEMM alignment of a CPU with these ISA features.
 
     Sources: Intel AMX/AVX-512 BF16 are the only x86 paths with native bf16
@@ -303,7 +305,7 @@ def cpu_capabilities(isa: tuple[str, ...] | set[str]) -> tuple[dict[str, str], d
     amx = "amx" in isa
     native_bf16 = amx or "avx512_bf16" in isa
     x86 = bool(isa & {"avx2", "avx512"})
-    caps = {
+    caps: dict[str, Level] = {
         "fp16": SUPPORTED if amx else EMULATED,
         "bf16": FAST if native_bf16 else EMULATED,
         "tf32": UNSUPPORTED,
@@ -357,7 +359,7 @@ def _host_memory_gb() -> float | None:
 
 # -- accelerators ---------------------------------------------------------------
 
-def cuda_capabilities(cc: tuple[int, int]) -> tuple[dict[str, str], dict[str, int]]:
+def cuda_capabilities(cc: tuple[int, int]) -> tuple[dict[str, Level], dict[str, int]]:
     """Capability levels from the CUDA compute capability (fallback for unknown GPUs).
 
     Sources: NVIDIA CUDA C Programming Guide (compute capabilities table) and the
@@ -371,7 +373,7 @@ def cuda_capabilities(cc: tuple[int, int]) -> tuple[dict[str, str], dict[str, in
     tensor_cores = major >= 7
     ampere = major >= 8
     fp8 = cc >= (8, 9)
-    caps = {
+    caps: dict[str, Level] = {
         # Pascal P100 (6.0) has fast fp16; consumer Pascal/Maxwell run it at a fraction of fp32.
         "fp16": FAST if tensor_cores or cc in ((6, 0), (6, 2)) else SUPPORTED if major >= 6 else EMULATED,
         "bf16": FAST if ampere else EMULATED,

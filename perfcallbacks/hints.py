@@ -10,10 +10,14 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-SEVERITIES = ("info", "warning", "critical")
-PHASES = ("setup", "warmup", "inference", "export")
+# Closed sets: the Literal is what a type checker sees, the tuple what runtime code iterates and
+# validates against (tests/test_types.py keeps the two equal, in order: severity rank is the index).
+Severity = Literal["info", "warning", "critical"]
+Phase = Literal["setup", "warmup", "inference", "export"]
+SEVERITIES: tuple[Severity, ...] = ("info", "warning", "critical")
+PHASES: tuple[Phase, ...] = ("setup", "warmup", "inference", "export")
 CATEGORIES = ("device", "precision", "alignment", "batch", "padding", "data", "inference", "model",
               "debug", "distributed", "compile", "layout")
 DOCS_URL = "perfhints explain {id}"
@@ -66,8 +70,8 @@ class Hint:
 
     id: str
     category: str
-    severity: str
-    phase: str
+    severity: Severity
+    phase: Phase
     message: str
     fix: str
     evidence: dict[str, Any] = field(default_factory=dict)
@@ -120,7 +124,7 @@ class HintSpec:
 
     id: str
     category: str
-    severity: str
+    severity: Severity
     title: str
     what: str
     why: str
@@ -128,12 +132,12 @@ class HintSpec:
 
     def make(
         self,
-        phase: str,
+        phase: Phase,
         message: str,
         fix: str,
         evidence: dict[str, Any] | None = None,
         impact: float | None = None,
-        severity: str | None = None,
+        severity: Severity | None = None,
     ) -> Hint:
         """Build a :class:`Hint` of this id; checks call this so metadata stays in one place."""
         return Hint(

@@ -11,14 +11,13 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, cast
 
-from perfcallbacks.hints import SEVERITIES, validate_suppress
+from perfcallbacks.hints import SEVERITIES, Severity, validate_suppress  # Severity: also importable from here
 
 if TYPE_CHECKING:
     from perfcallbacks.device import DeviceProfile
 
-Severity = Literal["info", "warning", "critical"]
 ENV_SWITCH = "PERFHINTS"
 ENV_SUPPRESS = "PERFHINTS_SUPPRESS"
 _OFF = ("off", "0", "false", "no", "disable", "disabled")
@@ -49,12 +48,19 @@ def env_suppress(environ: Mapping[str, str] | None = None) -> frozenset[str]:
     return validate_suppress(ids, argument=ENV_SUPPRESS)
 
 
-def validate_fail_on(fail_on: Any) -> str | None:
+def validate_fail_on(fail_on: Any) -> Severity | None:
+    """``fail_on`` as given, once it is ``None`` or a severity; anything else raises ``ValueError``.
+
+    Example::
+
+        >>> validate_fail_on("warning"), validate_fail_on(None)
+        ('warning', None)
+    """
     if fail_on is None:
         return None
     if not isinstance(fail_on, str) or fail_on not in SEVERITIES:
         raise ValueError(f"fail_on must be None or one of {', '.join(map(repr, SEVERITIES))}, got {fail_on!r}")
-    return fail_on
+    return cast(Severity, fail_on)
 
 
 @dataclass(frozen=True)
@@ -78,7 +84,7 @@ class Options:
     report_path: Path | None = None
     latency_budget_ms: float | None = None
     verbose: bool = True
-    fail_on: str | None = None
+    fail_on: Severity | None = None
     enabled: bool = True
     # Share of the estimated remaining job a fix's measuring may cost (issue: the guard pays for itself).
     guard_budget: float = 0.10

@@ -9,22 +9,39 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from perfcallbacks.hints import Hint
 
 SCHEMA = "perfcallbacks/report-v1"
-FIX_STATUSES = ("applied", "rejected", "skipped", "failed")
+# Closed sets (tests/test_types.py keeps each Literal equal to its tuple).
+FixStatus = Literal["applied", "rejected", "skipped", "failed"]
+FIX_STATUSES: tuple[FixStatus, ...] = ("applied", "rejected", "skipped", "failed")
+# Who drove the run. A report merged by `perfhints run` from parts of different frameworks joins
+# their names with "+" (e.g. "hf+lightning"), so Report.framework itself stays a str.
+Framework = Literal["torch", "lightning", "hf"]
+FRAMEWORKS: tuple[Framework, ...] = ("torch", "lightning", "hf")
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class FixResult:
-    """Outcome of one guarded fix, as it appears in the report's ``fixes`` list."""
+    """Outcome of one guarded fix, as it appears in the report's ``fixes`` list.
+
+    Example::
+
+        >>> from perfcallbacks.report import FixResult
+        >>> FixResult("threads", "applied", "4 threads 1.3x faster", speedup=1.3).applied
+        True
+        >>> FixResult("threads", "done", "")
+        Traceback (most recent call last):
+        ...
+        ValueError: FixResult status must be one of ('applied', 'rejected', 'skipped', 'failed'), got 'done'
+    """
 
     id: str
-    status: str
+    status: FixStatus
     reason: str
     speedup: float | None = None
     fidelity: dict[str, float] = field(default_factory=dict)
@@ -74,7 +91,7 @@ class Report:
         'torch'
     """
 
-    framework: str = "torch"
+    framework: str = "torch"  # a Framework; a merged `perfhints run` report joins several: "hf+lightning"
     device: dict[str, Any] = field(default_factory=dict)
     target: dict[str, Any] | None = None
     hints: list[Hint] = field(default_factory=list)
