@@ -70,6 +70,9 @@ def reported(make: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, wa
     model = make()
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     advisor = Advisor(model, warmup_steps=warmup, warn=False)
+    # A plain loop does not tell the Advisor how long the job is; this one stands for a 2000-step fit, so
+    # the probe's budget (5% of the fit) is what a real job would give it.
+    advisor.context.batches_per_epoch, advisor.context.epochs = 2000, 1
     with torch.autograd.set_detect_anomaly(True):
         advisor.run_checks("setup")
         for _ in range(warmup + 1):

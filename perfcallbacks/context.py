@@ -220,6 +220,7 @@ class ProbeInput:
     kwargs: dict[str, Any] = field(default_factory=dict)
     calls: int = 0
     handle: Any = None  # the pre-hook's RemovableHandle while it is attached
+    depth: int = 0  # Python stack depth at the user's forward call (anomaly mode's cost grows with it)
 
 
 @dataclass

@@ -296,6 +296,7 @@ def _attach_probe_hook(ctx: RunContext, model: nn.Module | None) -> None:
             probe.calls += 1
             if probe.calls == 1:
                 probe.args, probe.kwargs = tuple(args), dict(kwargs)
+                probe.depth = stack_depth()
             layout = ctx.layout
             if layout is not None:
                 images = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.dim() == 4]
@@ -403,7 +404,38 @@ def _compare(ctx: RunContext, fns: dict[str, Callable[[], None]], budget_s: floa
     return compare_times(fns, repeats=_repeats(ctx, len(fns), budget_s), warmup=1, device=device)
 
 
-def _probe_debug(ctx: RunContext, model: nn.Module, batch: Any, budget_s: float) -> None:
+def stack_depth() -> int:
+    """Frames on the calling thread's Python stack."""
+    frame, depth = sys._getframe(1), 0
+    while frame is not None:
+        depth += 1
+        frame = frame.f_back
+    return depth
+
+
+def _padded(pad: int, fn: Callable[[], Any]) -> Any:
+    return fn() if pad <= 0 else _padded(pad - 1, fn)
+
+
+def _at_user_depth(model: nn.Module, depth: int, measure: Callable[..., Any]) -> tuple[Any, int]:
+    """``measure(wrap)`` where ``wrap(fn)`` calls ``fn`` with the model's forward no shallower than the user's.
+
+    Anomaly detection formats the whole Python stack for every op, so its cost grows with how deep the
+    forward runs: a probe run shallower than the training step would underestimate it. Returns the value
+    and the frames added (negative: the probe ran that many frames deeper than the user's forward).
+    """
+    seen: list[int] = []
+    handle = model.register_forward_pre_hook(lambda m, a: seen.append(stack_depth()) if not seen else None)
+    try:
+        measure(lambda fn: (lambda: _padded(0, fn)), calibrate=True)
+    finally:
+        handle.remove()
+    pad = depth - seen[0] if (seen and depth) else 0
+    frames = max(0, pad)
+    return measure(lambda fn: (lambda: _padded(frames, fn)), calibrate=False), pad
+
+
+def _probe_debug(ctx: RunContext, model: nn.Module, batch: Any, budget_s: float, depth: int = 0) -> None:
     """Forward + backward with the debug mode on (as the run is) and toggled off, interleaved."""
     debug = ctx.debug
     run = _train_step(model, batch)
@@ -431,10 +463,17 @@ def _probe_debug(ctx: RunContext, model: nn.Module, batch: Any, budget_s: float)
         debug.measured = {"skipped": over}
         return
     start = time.perf_counter()
-    times = _compare(ctx, {"with": with_mode, "without": without_mode}, budget_s)
+
+    def measure(wrap: Callable[[Callable[[], None]], Callable[[], None]], calibrate: bool) -> dict[str, float]:
+        if calibrate:  # one untimed call: where the forward lands on the stack
+            wrap(with_mode)()
+            return {}
+        return _compare(ctx, {"with": wrap(with_mode), "without": wrap(without_mode)}, budget_s)
+
+    times, pad = _at_user_depth(model, depth, measure)
     modes = [name for name, on in (("anomaly", anomaly), ("deterministic", deterministic)) if on]
     debug.measured = {"modes": modes, "with_s": times["with"], "without_s": times["without"],
-                      "probe_s": time.perf_counter() - start}
+                      "user_stack_depth": depth, "depth_difference": pad, "probe_s": time.perf_counter() - start}
 
 
 def _probe_channels_last(ctx: RunContext, model: nn.Module, batch: Any, budget_s: float) -> None:
@@ -539,7 +578,10 @@ def run_warmup_probes(ctx: RunContext, model: nn.Module | None) -> None:
         for name in wanted:
             start = time.perf_counter()
             try:
-                probes[name](ctx, model, batch, budget / len(wanted))
+                if name == "debug":
+                    _probe_debug(ctx, model, batch, budget / len(wanted), depth=probe.depth)
+                else:
+                    probes[name](ctx, model, batch, budget / len(wanted))
             except Exception as err:  # principle 1: a probe that fails costs its measurement only
                 log.debug("perfcallbacks: %s probe failed", name, exc_info=True)
                 target = {"debug": ctx.debug.measured, "channels_last": getattr(ctx.layout, "measured", {}),

@@ -125,7 +125,7 @@ def test_deterministic_measured_cheap_stays_quiet():
     ctx.debug.deterministic = True
     ctx.debug.measured = {"modes": ["deterministic"], "with_s": 0.0081, "without_s": 0.0080}
     assert debug_mode_on(ctx) is None  # measured: costs 0.1 ms of a 10 ms step
-    ctx.debug.measured = {"modes": ["deterministic"], "with_s": 0.0120, "without_s": 0.0080}
+    ctx.debug.measured = {"modes": ["deterministic"], "with_s": 0.0060, "without_s": 0.0020}
     hint = debug_mode_on(ctx)
     assert hint.evidence["extra_ms_per_step"] == pytest.approx(4.0)
     assert hint.evidence["estimated_step_slowdown"] == pytest.approx(10 / 6, rel=1e-3)

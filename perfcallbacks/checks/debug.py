@@ -88,9 +88,10 @@ def debug_mode_on(ctx: RunContext) -> Hint | None:
                          "probe_without_ms": round(without_s * 1e3, 3), "extra_ms_per_step": round(extra * 1e3, 3)})
         if step:
             share = extra / step
-            rest = step - extra
-            # The probe is forward + backward only; the step also holds the optimizer and the loop.
-            impact = step / rest if rest > 0.1 * step else with_s / max(without_s, 1e-12)
+            # The probe is forward + backward only; the rest of the step (loss, optimizer, the loop) is
+            # what the measured step holds beyond the probe's forward + backward with the mode on.
+            step_without = max(without_s, step - with_s + without_s)
+            impact = step / step_without
             evidence.update({"step_ms": round(step * 1e3, 3), "cost_share_of_step": round(share, 4),
                              "estimated_step_slowdown": round(impact, 3)})
         else:
