@@ -1,4 +1,4 @@
-"""Device checks (lead-written): each fires with evidence, stays quiet when healthy, honours suppress."""
+"""Device checks: each fires with evidence, stays quiet when healthy, honours suppress."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Precision checks (lead-written): tensor-cores-idle, half-on-cpu, bf16-emulated."""
+"""Precision checks: tensor-cores-idle, half-on-cpu, bf16-emulated."""
 
 from __future__ import annotations
 

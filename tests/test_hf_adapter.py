@@ -24,8 +24,6 @@ from transformers import (  # noqa: E402
 
 from perfcallbacks import DeviceProfile, HFPerfHints, PerfHintWarning, Report  # noqa: E402
 from perfcallbacks.adapters import hf as hf_mod  # noqa: E402
-from perfcallbacks.checks import CHECKS  # noqa: E402
-
 
 # Length grouping is `train_sampling_strategy="group_by_length"` on transformers 5.x, `group_by_length=True` on 4.x.
 GROUP_BY_LENGTH = ({"train_sampling_strategy": "group_by_length"}
@@ -33,15 +31,6 @@ GROUP_BY_LENGTH = ({"train_sampling_strategy": "group_by_length"}
 GROUP_BY_LENGTH_FIX = "TrainingArguments({})".format(
     'train_sampling_strategy="group_by_length"' if "train_sampling_strategy" in GROUP_BY_LENGTH
     else "group_by_length=True")
-
-
-def _landed(hint_id: str) -> bool:
-    return any(c.hint_id == hint_id for c in CHECKS)
-
-
-def needs_check(hint_id: str):
-    """Tests for checks another engineer is writing: they run as soon as the check is registered."""
-    return pytest.mark.skipif(not _landed(hint_id), reason=f"check for {hint_id!r} not registered yet")
 
 
 # -- data: real text (docstrings of installed packages), labelled by source ----------------
@@ -215,8 +204,7 @@ def test_suppress_silences_a_hint(tmp_path, tokenizer):
     assert "tensor-cores-idle" not in ids(cb)
 
 
-# -- padding / alignment / data hints (checks from the checks engineer) --------------------------------
-@needs_check("padding-waste")
+# -- padding / alignment / data hints --------------------------------------------------------------------
 def test_max_length_padding_fires_padding_hints(tmp_path, tokenizer):
     cb = HFPerfHints(warmup_steps=3, verbose=False)
     trainer = make_trainer(tmp_path, tokenizer, cb, dataset=TextDataset(tokenizer, static=True, max_length=256))
@@ -224,18 +212,15 @@ def test_max_length_padding_fires_padding_hints(tmp_path, tokenizer):
     hint = cb.report.hint("padding-waste")
     assert hint.evidence["pad_fraction"] > 0.25
     assert "DataCollatorWithPadding" in hint.fix or "group_by_length" in hint.fix
-    if _landed("static-padding"):
-        assert "static-padding" in ids(cb)
+    assert "static-padding" in ids(cb)
 
 
-@needs_check("padding-waste")
 def test_dynamic_padding_with_length_grouping_keeps_padding_quiet(tmp_path, tokenizer):
     cb = HFPerfHints(warmup_steps=3, verbose=False)
     train_quietly(make_trainer(tmp_path, tokenizer, cb, **GROUP_BY_LENGTH))
     assert not ids(cb) & {"padding-waste", "static-padding"}
 
 
-@needs_check("padding-waste")
 def test_suppress_silences_padding_waste(tmp_path, tokenizer):
     cb = HFPerfHints(warmup_steps=3, verbose=False, suppress=["padding-waste", "static-padding"])
     train_quietly(make_trainer(tmp_path, tokenizer, cb, dataset=TextDataset(tokenizer, static=True, max_length=256)))
@@ -243,7 +228,6 @@ def test_suppress_silences_padding_waste(tmp_path, tokenizer):
     assert cb.advisor.context.batches[0].seq_len == 256  # the padding really was there
 
 
-@needs_check("dim-unaligned")
 def test_unaligned_widths_fire_dim_unaligned_on_a100(tmp_path, tokenizer):
     cb = HFPerfHints(target="a100", warmup_steps=2, verbose=False)
     model = tiny_bert(hidden=36, intermediate=100)
@@ -251,14 +235,12 @@ def test_unaligned_widths_fire_dim_unaligned_on_a100(tmp_path, tokenizer):
     assert "dim-unaligned" in ids(cb)
 
 
-@needs_check("dim-unaligned")
 def test_aligned_widths_keep_dim_unaligned_quiet(tmp_path, tokenizer):
     cb = HFPerfHints(target="a100", warmup_steps=2, verbose=False)
     train_quietly(make_trainer(tmp_path, tokenizer, cb, model=tiny_bert(hidden=64, intermediate=128)))
     assert "dim-unaligned" not in ids(cb)
 
 
-@needs_check("dataloader-bottleneck")
 def test_slow_dataset_fires_dataloader_bottleneck(tmp_path, tokenizer):
     cb = HFPerfHints(warmup_steps=4, verbose=False)
     slow = TextDataset(tokenizer, n=48, sleep_s=0.1)  # 8 x 100 ms of loading per step
@@ -268,7 +250,6 @@ def test_slow_dataset_fires_dataloader_bottleneck(tmp_path, tokenizer):
     assert "dataloader_num_workers" in hint.fix or "num_workers" in hint.fix
 
 
-@needs_check("dataloader-bottleneck")
 def test_fast_dataset_keeps_dataloader_bottleneck_quiet(tmp_path, tokenizer):
     cb = HFPerfHints(warmup_steps=4, verbose=False)
     train_quietly(make_trainer(tmp_path, tokenizer, cb, max_steps=5))
@@ -301,8 +282,7 @@ def test_evaluate_and_predict_without_training(tmp_path, tokenizer):
     assert ctx.inference.stage == "predict" and ctx.inference.calls == 5
     assert "grad-in-inference" not in ids(cb)
     assert cb._inference_batch is not None and "labels" not in cb._inference_batch
-    if _landed("int8-available"):
-        assert "probes" not in json.dumps(cb.advisor.check_failures)
+    assert "probes" not in json.dumps(cb.advisor.check_failures)
 
 
 def test_evaluation_inside_warmup_does_not_pollute_training_batches(tmp_path, tokenizer):
@@ -317,7 +297,6 @@ def test_evaluation_inside_warmup_does_not_pollute_training_batches(tmp_path, to
     assert len(ctx.data_wait_times) <= 2
 
 
-@needs_check("repeated-inputs")
 def test_repeated_predict_inputs_fire_repeated_inputs(tmp_path, tokenizer):
     cb = HFPerfHints(verbose=False)
     trainer = make_trainer(tmp_path, tokenizer, cb)
@@ -433,8 +412,10 @@ def test_auto_apply_caps_threads_keeps_fp32_checkpoint_and_exports_int8(tmp_path
     fixes = {f.id: f for f in cb.report.fixes}
     assert "threads" in fixes and "dynamic-quantization" not in fixes  # int8 is decided on a predict job
     assert torch.get_num_threads() == 4  # the training cap is lifted at train end
+    # the cap is physical cores per process: 4 threads are over it below 4 cores, within it from 4 on
+    assert fixes["threads"].status == ("applied" if cores < 4 else "skipped"), fixes["threads"].reason
     if cores < 4:
-        assert fixes["threads"].status == "applied" and fixes["threads"].details["chosen"] <= cores
+        assert fixes["threads"].details["chosen"] <= cores
     assert cb.quantized_for_inference() is None
     assert not any("Int8" in type(m).__name__ for m in trainer.model.modules())  # the Trainer's model stays fp32
 
@@ -443,17 +424,16 @@ def test_auto_apply_caps_threads_keeps_fp32_checkpoint_and_exports_int8(tmp_path
     live = trainer.model.state_dict()
     assert all(v.dtype == torch.float32 for v in saved.values())
     assert all(torch.equal(saved[k], live[k]) for k in saved)  # nothing lost: fp32 weights as trained
-    if hasattr(__import__("perfcallbacks.fixes", fromlist=["x"]), "quantize_for_export"):
-        [export] = cb.int8_exports
-        assert export["checkpoint"] == "checkpoint-2", export
-        assert export["status"] in ("applied", "rejected", "skipped"), export
-        if export["status"] == "applied":
-            artifact = torch.export.load(str(ckpt / "model.int8.pt2")).module()
-            batch = cb._train_batch
-            keys = export.get("inputs") or list(batch)
-            out = artifact(*[batch[k] for k in keys])
-            logits = out if isinstance(out, torch.Tensor) else out[0]
-            assert logits.shape == (8, 2)
+    [export] = cb.int8_exports
+    assert export["checkpoint"] == "checkpoint-2", export
+    # Fidelity and size decide an export (not timing): the tiny BERT quantizes faithfully (cosine ~1.0).
+    assert export["status"] == "applied", export
+    artifact = torch.export.load(str(ckpt / "model.int8.pt2")).module()
+    batch = cb._train_batch
+    keys = export.get("inputs") or list(batch)
+    out = artifact(*[batch[k] for k in keys])
+    logits = out if isinstance(out, torch.Tensor) else out[0]
+    assert logits.shape == (8, 2)
 
 
 def _fast_copy_spec():

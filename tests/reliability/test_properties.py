@@ -1,5 +1,5 @@
 """Property-based tests (hypothesis) for the pure parts: padding statistics, alignment
-suggestions, thread-picture arithmetic and JSON round trips of arbitrary reports."""
+suggestions, the oversubscription check's thread arithmetic and JSON round trips of arbitrary reports."""
 
 from __future__ import annotations
 
@@ -55,12 +55,28 @@ def test_nearest_multiples_bracket_the_value(value, multiple):
 
 
 @given(processes=st.integers(1, 16), threads=st.integers(1, 64), workers=st.integers(0, 16),
-       cores=st.integers(1, 128))
-def test_thread_picture_arithmetic(processes, threads, workers, cores):
+       cores=st.integers(1, 128), loader_waits=st.booleans(), step_ms=st.integers(1, 50))
+def test_cpu_oversubscribed_counts_workers_only_while_they_are_busy(processes, threads, workers, cores,
+                                                                    loader_waits, step_ms):
+    # What the check decides on: loader workers compete for cores only while the run waits for data (here
+    # a wait as long as the step, or 2% of it); it fires exactly when the busy threads exceed the cores.
+    from perfcallbacks.checks.device import cpu_oversubscribed
+    from perfcallbacks.context import RunContext
+    from perfcallbacks.device import DeviceProfile
+
     pic = ThreadPicture(intra_op=threads, inter_op=1, local_processes=processes, loader_workers=workers,
                         physical_cores=cores, logical_cores=cores)
-    assert pic.busy_threads == processes * (threads + workers)
-    assert (pic.oversubscription > 1) == (pic.busy_threads > cores)
+    local = DeviceProfile.preset("cpu-avx2").replace(physical_cores=cores, logical_cores=cores)
+    wait_s = step_ms / 1000 * (1.0 if loader_waits else 0.02)
+    ctx = RunContext(local=local, phase="warmup", threads=pic, step_times=[step_ms / 1000], data_wait_times=[wait_s])
+    busy = processes * (threads + (workers if loader_waits else 0))
+    hint = cpu_oversubscribed(ctx)
+    assert (hint is not None) == (busy > cores)
+    if hint is not None:
+        assert hint.id == "cpu-oversubscribed"
+        assert hint.evidence["busy_threads"] == busy and hint.evidence["workers_busy"] == loader_waits
+        assert hint.evidence["physical_cores"] == cores
+        assert f"torch.set_num_threads({max(1, cores // processes)})" in hint.fix
 
 
 json_value = st.recursive(
