@@ -36,24 +36,28 @@ def _ctx(**kw) -> RunContext:
 
 def test_lightning_detect_anomaly_fires_with_measured_cost(probe_budget):
     assert not torch.is_anomaly_enabled()
-    report, cb, warned = lightning_fit(mlp_module(), mlp_loader(), steps=8, warmup=5,
+    report, cb, warned = lightning_fit(mlp_module(depth=24), mlp_loader(), steps=8, warmup=5,
                                        trainer_kwargs={"detect_anomaly": True})
+    ctx = cb.advisor.context
+    assert ctx.debug.anomaly and ctx.debug.sources == {"anomaly": "Trainer(detect_anomaly=True)"}
+    measured = ctx.debug.measured
+    assert measured["modes"] == ["anomaly"] and measured["with_s"] > 0 and measured["without_s"] > 0
+    assert ctx.probe_input is None and not torch.is_anomaly_enabled()  # input dropped; Lightning restored it
+    share = max(0.0, measured["with_s"] - measured["without_s"]) / ctx.median_step_s
     hint = report.hint("debug-mode-on")
+    if share < 0.05:  # the check's own threshold (a load spike on this shared machine can inflate the step)
+        assert hint is None
+        return
     assert hint is not None and hint.phase == "warmup"
     ev = hint.evidence
     assert "not_measured" not in ev, ev
     assert ev["modes"] == ["anomaly"] and ev["sources"] == {"anomaly": "Trainer(detect_anomaly=True)"}
     assert ev["measured_modes"] == ["anomaly"]
-    # The probe ran forward+backward both ways on the run's own batch; the hint fires only when the
-    # measured cost is at least 5% of the step (its own threshold), so these hold whenever it fires.
-    assert ev["probe_with_ms"] > 0 and ev["probe_without_ms"] > 0
-    assert ev["cost_share_of_step"] >= 0.05 and hint.impact is not None and hint.impact > 1.0
-    assert hint.severity == ("warning" if ev["cost_share_of_step"] >= 0.10 else "info")
+    assert ev["probe_with_ms"] == pytest.approx(measured["with_s"] * 1e3, abs=1e-3)
+    assert ev["cost_share_of_step"] == pytest.approx(share, abs=1e-4) and hint.impact > 1.0
+    assert hint.severity == ("warning" if share >= 0.10 else "info")
     assert "detect_anomaly=False" in hint.fix
     assert any("[debug-mode-on]" in str(w.message) for w in warned)
-    assert not torch.is_anomaly_enabled()  # Lightning's own context restored it; the probe left it as found
-    # The probe never touched the user's gradients or parameters' training flags.
-    assert cb.advisor.context.probe_input is None
 
 
 def test_clean_lightning_fit_is_quiet():
