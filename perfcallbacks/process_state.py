@@ -6,7 +6,9 @@ Example::
     >>> from perfcallbacks.process_state import ProcessState
     >>> state = ProcessState.capture()
     >>> torch.set_float32_matmul_precision("high")
-    >>> state.restore(); torch.get_float32_matmul_precision() == state.matmul_precision
+    >>> state.restore()
+    ['matmul_precision']
+    >>> torch.get_float32_matmul_precision() == state.matmul_precision
     True
 """
 

@@ -200,10 +200,10 @@ def quantize_for_export(model: nn.Module, path: str | os.PathLike[str], example_
 
         >>> import os, tempfile, torch
         >>> from perfcallbacks import quantize_for_export
-        >>> model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
+        >>> model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 4))
         >>> path = os.path.join(tempfile.mkdtemp(), "model.int8.pt2")
-        >>> r = quantize_for_export(model, path, example_inputs=torch.randn(8, 64))
-        >>> r.status, r.ratio < 0.5, torch.export.load(path).module()(torch.randn(2, 64)).shape
+        >>> r = quantize_for_export(model, path, example_inputs=torch.randn(8, 512))
+        >>> r.status, r.ratio < 0.5, torch.export.load(path).module()(torch.randn(2, 512)).shape
         ('applied', True, torch.Size([2, 4]))
     """
     tol = QuantTolerance() if tolerance is None else tolerance
