@@ -351,6 +351,7 @@ class _Trial:
     verify_only: bool = False  # a reused decision: fidelity is checked, speed is not re-measured
     reused: dict[str, Any] | None = None
     refinements: int = 0
+    planned_calls: int = MIN_CALLS  # shadow calls the budget was planned for (the fidelity claim's rows)
 
 
 class GuardedCalls:
@@ -609,7 +610,7 @@ class GuardedCalls:
         if isinstance(built, FixResult):
             self._record(built, build_s)
             return
-        trial = _Trial(spec, built, key=key, weights=weights)
+        trial = _Trial(spec, built, key=key, weights=weights, planned_calls=needed)
         trial.cost_s += build_s
         self.trial = trial
         self._shadow(trial, batch, args, kwargs, ref_out, ref_s)
@@ -622,6 +623,8 @@ class GuardedCalls:
         start = self.clock()
         try:
             built = spec.build(self.owner, batch, self.profile, params)
+            if isinstance(built, Candidate):
+                _reattach(self.owner, built.model)
         finally:
             if patched:
                 setattr(self.owner, self.method, self)
@@ -740,7 +743,8 @@ class GuardedCalls:
         job_s = self._job_s() or 0.0
         next_cost = (self.first_call_s or 0.0) * (1 + _BOOKKEEPING)
         over_budget = self.cost_s + trial.cost_s + next_cost > self.guard_budget * job_s
-        if remaining <= 0 or over_budget or len(ev.ratios) + len(ev.dropped) >= MAX_CALLS + 3 * trial.refinements:
+        limit = max(MAX_CALLS, trial.planned_calls) + 3 * trial.refinements
+        if remaining <= 0 or over_budget or len(ev.ratios) + len(ev.dropped) >= limit:
             self._conclude_trial(final=True)
 
     def _conclude_trial(self, final: bool) -> None:
@@ -808,6 +812,17 @@ class GuardedCalls:
             self.record(result)
         except Exception:
             log.debug("perfcallbacks: recording a fix failed", exc_info=True)
+
+
+def _reattach(owner: nn.Module, copy: nn.Module) -> None:
+    """Give a copied LightningModule its trainer back (Lightning's ``__getstate__`` drops it on copy):
+    the candidate's ``predict_step`` may log, read ``self.trainer`` or save a checkpoint."""
+    if copy is owner:
+        return
+    for attr in ("_trainer", "_fabric"):
+        ref = owner.__dict__.get(attr)
+        if ref is not None and copy.__dict__.get(attr, None) is None:
+            copy.__dict__[attr] = ref
 
 
 class _UserError(Exception):
