@@ -83,5 +83,7 @@ def test_safe_hook_swallows_logs_and_times(caplog):
 def test_format_fixes_lines():
     lines = list(common.format_fixes([FixResult("dynamic-quantization", "applied", "int8 fbgemm", speedup=1.37,
                                                 fidelity={"cosine_min": 0.9991, "argmax_agreement": 1.0})]))
-    assert lines == ["perfcallbacks fix [dynamic-quantization] applied: speedup 1.37x, cosine 0.9991, "
-                     "argmax agreement 1.000 - int8 fbgemm"]
+    assert lines == ["perfcallbacks fix [dynamic-quantization] applied: 1.37x, min cosine 0.9991, "
+                     "agreement 1.000 - int8 fbgemm"]
+    skipped, = common.format_fixes([FixResult("autocast", "skipped", "emulated here")])
+    assert skipped == "perfcallbacks fix [autocast] skipped: emulated here"
