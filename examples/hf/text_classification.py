@@ -115,9 +115,6 @@ def predict_both(trainer: Trainer, corpus: Corpus, tokenizer: Any, out: Path) ->
         warnings.simplefilter("ignore", PerfHintWarning)
         new = trainer.predict(rows).predictions
     guarded_s = time.perf_counter() - start
-    hints = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, HFPerfHints))
-    for fix in hints.report.fixes:
-        print(f"fix {fix.id}: {fix.status} ({fix.reason})")
     agree = float((torch.as_tensor(ref).argmax(-1) == torch.as_tensor(new).argmax(-1)).float().mean())
     print(f"predict {len(rows)} rows: plain {fp32_s:.2f}s, with auto_apply {guarded_s:.2f}s "
           f"({guarded_s / fp32_s:.2f}x the time, measuring included); prediction agreement {agree:.3f}; "
