@@ -64,6 +64,8 @@ def backend_status() -> dict[str, str | None]:
         >>> sorted(backend_status())
         ['fbgemm', 'onednn', 'torch.ao', 'torchao']
     """
+    if _STATUS:  # the torch build does not change within a process: look once (it is called per layer)
+        return dict(_STATUS)
     status: dict[str, str | None] = {}
     gone = _first_missing(_OPS_API)
     engines: set[str] = set()
@@ -76,7 +78,11 @@ def backend_status() -> dict[str, str | None]:
     gone_ao = _first_missing(_AO_API) or _first_missing(_OPS_API)
     status["torch.ao"] = f"{gone_ao} is not in torch {torch.__version__} (removed)" if gone_ao else None
     status["torchao"] = _torchao_problem()
+    _STATUS.update(status)
     return status
+
+
+_STATUS: dict[str, str | None] = {}
 
 
 def _torchao_problem() -> str | None:
