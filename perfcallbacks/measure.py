@@ -63,6 +63,17 @@ def _forward_params(model: Any) -> tuple[set[str] | None, int | None]:
     return (None if var_kw else names), (None if var_pos else positional)
 
 
+# Targets, not inputs: a forward that takes **kwargs (transformers 4.x base models) must not get them.
+_LABEL_KEYS = frozenset({"labels", "label", "label_ids", "return_loss"})
+
+
+def _named_params(model: Any) -> set[str]:
+    try:
+        return set(inspect.signature(getattr(model, "forward", model)).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
 def _as_mapping(batch: Any) -> Mapping[str, Any] | None:
     if isinstance(batch, Mapping):
         return batch
@@ -94,7 +105,11 @@ def call_model(model: Callable[..., Any], batch: Any) -> Any:
     mapping = _as_mapping(batch)
     names, arity = _forward_params(model)
     if mapping is not None:
-        kwargs = dict(mapping) if names is None else {k: v for k, v in mapping.items() if k in names}
+        if names is None:  # forward(**kwargs): everything goes, except labels it does not name
+            explicit = _named_params(model)
+            kwargs = {k: v for k, v in mapping.items() if k not in _LABEL_KEYS or k in explicit}
+        else:
+            kwargs = {k: v for k, v in mapping.items() if k in names}
         return model(**kwargs)
     if isinstance(batch, (tuple, list)):
         args = list(batch) if arity is None else list(batch)[: max(arity, 1)]

@@ -77,7 +77,7 @@ def test_recompiles_per_padded_length_fire_with_reasons():
     hint = report.hint("compile-recompiles")
     assert hint is not None and hint.severity == "warning"
     ev = hint.evidence
-    assert ev["recompiles"] >= 4  # dynamic=False: one graph per new length
+    assert ev["recompiles"] >= 2  # dynamic=False: a graph per new length (the hint fires from 2 on)
     assert all("size mismatch" in r or "expected" in r for r in ev["reasons"])
     assert set(ev["sizes_in_guards"]) & set(lengths)
     assert "dynamic=True" in hint.fix and "pad_to_multiple_of" in hint.fix

@@ -135,6 +135,7 @@ class PerfHintCallback(Callback):
         self._train_ended = False  # on_train_end ran in this fit (Lightning skips it when nothing trains)
         self._examples = ExampleBatch()
         self._stage_started: float | None = None
+        self._log_dir: str | None = None
         self._table_signature: tuple | None = None  # what the last printed table showed
         self._call_hook: Any = None
         self._loop_call: tuple[bool, bool] | None = None  # (grad enabled, train mode) seen by the loop
@@ -146,7 +147,7 @@ class PerfHintCallback(Callback):
         if advisor is not None:
             state["_pending_state"] = advisor.state_dict()
         for key in ("_observing", "_stage", "_inference_stage", "_fit_val_seen", "_train_ended", "_examples",
-                    "_stage_started", "_table_signature", "_call_hook", "_loop_call"):
+                    "_stage_started", "_log_dir", "_table_signature", "_call_hook", "_loop_call"):
             state.pop(key, None)
         return state
 
@@ -201,6 +202,8 @@ class PerfHintCallback(Callback):
                 self._pending_state = None
         self._advisor.is_rank_zero = trainer.is_global_zero
         self._advisor.user_location = user_code_location(pl_module)
+        # trainer.log_dir broadcasts under DDP: read it here, where every rank is, never from rank zero alone.
+        self._log_dir = None if self.report_path is not None else _log_dir(trainer)
         if stage == "fit":
             self._fit_val_seen = False
             self._train_ended = False
@@ -554,7 +557,7 @@ class PerfHintCallback(Callback):
         advisor = self._advisor
         if advisor is None:
             return None
-        path = default_report_path(self.report_path, _log_dir(trainer))
+        path = default_report_path(self.report_path, self._log_dir)
         start = time.perf_counter()
         written = advisor.write_report(path)
         self._report_s += time.perf_counter() - start

@@ -67,13 +67,24 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
     return root
 
 
+def _transformers_major() -> int:
+    import sys
+
+    version = getattr(sys.modules.get("transformers"), "__version__", "5")
+    try:
+        return int(str(version).split(".")[0])
+    except ValueError:
+        return 5
+
+
 def _switch(module: nn.Module) -> nn.Module:
     """``module`` (a private copy) running SDPA; may return a rebuilt module."""
     setter = getattr(module, "set_attn_implementation", None)
-    if callable(setter):
+    if callable(setter) and _transformers_major() >= 5:
         setter("sdpa")
         return module
-    # transformers 4.x: attention classes are picked at construction, so rebuild from the config.
+    # transformers 4.x picks attention classes at construction (BertSdpaSelfAttention vs BertSelfAttention;
+    # its set_attn_implementation does not swap them): rebuild from the config.
     param = next(iter(module.parameters()), None)
     config = _copy.deepcopy(module.config)
     rebuilt = type(module)._from_config(config, attn_implementation="sdpa",
