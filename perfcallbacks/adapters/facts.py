@@ -68,9 +68,12 @@ def lightning_run_facts(trainer: Any, pl_module: Any, ctx: RunContext) -> None:
         static = getattr(ddp, "static_graph", None)
         if static is None and isinstance(kwargs, dict):
             static = bool(kwargs.get("static_graph", False))
+        name = str(getattr(strategy, "strategy_name", None) or ctx.strategy)
+        # The registry alias the user most likely wrote (DDPStrategy's own name drops the flag).
+        source = (f'Trainer(strategy="{name}_find_unused_parameters_true")' if name in ("ddp", "ddp_spawn", "ddp_fork")
+                  else "DDPStrategy(find_unused_parameters=True)")
         ctx.ddp = DDPFacts(find_unused_parameters=bool(find_unused), static_graph=bool(static),
-                           source=f'Trainer(strategy="{getattr(strategy, "strategy_name", None) or ctx.strategy}")'
-                           if find_unused else None)
+                           source=source if find_unused else None)
     batches = getattr(trainer, "num_training_batches", None)
     if isinstance(batches, (int, float)) and math.isfinite(batches) and batches > 0:
         ctx.batches_per_epoch = int(batches)
