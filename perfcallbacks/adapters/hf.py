@@ -570,7 +570,8 @@ class HFPerfHints(TrainerCallback, ExportableState):
         advisor.begin_stage("fit")  # auto_apply: the training thread cap, restored at train end
         advisor.capture_threads()
         try:
-            hf_run_facts(args, self._model, advisor.context, state=state, train_dataloader=kwargs.get("train_dataloader"))
+            hf_run_facts(args, self._model, advisor.context, state=state,
+                         train_dataloader=kwargs.get("train_dataloader"))
         except Exception:
             log.debug("perfcallbacks: could not collect HF run facts", exc_info=True)
         advisor.run_checks("setup")
