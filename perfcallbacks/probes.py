@@ -408,8 +408,9 @@ def probe_batch_scaling(ctx: RunContext, model: nn.Module, batch: Any, forward_s
         times = measure() or times
     dropped = implausible(times)
     kept = {n: t for n, t in times.items() if n not in dropped}
-    if len(kept) < 2:
-        return {}
+    if len(kept) < 2:  # never silently: the reason lands in measurements["probes_skipped"]
+        raise ProbeSkipped(f"batch scaling: every larger batch timed impossibly fast ({sorted(dropped)}): "
+                           "a busy machine, nothing to conclude")
     out: dict[str, Any] = {"batch_size": size, "latency_s": kept}
     if dropped:
         out["dropped"] = dropped

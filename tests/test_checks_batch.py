@@ -8,7 +8,7 @@ import torch
 from perfcallbacks import Advisor
 from perfcallbacks.checks.batch import typical_batch_size
 from perfcallbacks.context import BatchStats
-from perfcallbacks.probes import Deadline, probe_batch_scaling
+from perfcallbacks.probes import Deadline, ProbeSkipped, probe_batch_scaling
 
 
 def _run(latency, *, budget=None, suppress=(), local=None):
@@ -51,7 +51,10 @@ def test_typical_batch_size_ignores_short_last_batch():
 def test_probe_batch_scaling_measures_real_forwards(cpu_profile):
     adv = Advisor(warn=False, local=cpu_profile)
     model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4))
-    out = probe_batch_scaling(adv.context, model, torch.randn(4, 64), forward_s=1e-4, deadline=Deadline(60.0))
+    try:
+        out = probe_batch_scaling(adv.context, model, torch.randn(4, 64), forward_s=1e-4, deadline=Deadline(60.0))
+    except ProbeSkipped as why:  # a loaded machine timed every larger batch faster than the base one
+        pytest.skip(f"timings not plausible on this busy machine: {why}")
     assert out["batch_scaling"]["batch_size"] == 4
     assert set(out["batch_scaling"]["latency_s"]) | set(out["batch_scaling"].get("dropped", [])) == {"4", "8", "16"}
     assert all(t > 0 for t in out["batch_scaling"]["latency_s"].values())
