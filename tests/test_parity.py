@@ -179,3 +179,43 @@ def test_threads_and_matmul_precision_unchanged_after_every_stage(tokenizer, tmp
                 fast(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         advisor.finish_inference()
         assert (torch.get_num_threads(), torch.get_float32_matmul_precision()) == before
+
+
+def test_hints_as_errors_keep_every_hint_and_raise_at_the_end_of_the_warmup(tokenizer, tmp_path):
+    """warnings.simplefilter("error", PerfHintWarning): observation goes on, every hint is recorded and
+    reported, and the first hint's error reaches the user at the documented point (end of the warm-up)."""
+    import inspect
+
+    texts = [(inspect.getdoc(obj) or name).splitlines()[0] for name, obj in sorted(vars(torch.nn).items())
+             if inspect.isclass(obj)][:ROWS]
+    enc = tokenizer(texts, truncation=True, max_length=63, padding="max_length")  # static, unaligned length
+    data = [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": i % 2}
+            for i in range(len(texts))]
+
+    class Unaligned(Classifier):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.model = BertForSequenceClassification(BertConfig(
+                hidden_size=36, num_hidden_layers=2, num_attention_heads=2, intermediate_size=100,
+                max_position_embeddings=128))
+
+    def fit(report_path, filters):
+        cb = PerfHintCallback(target="a100", warmup_steps=4, verbose=False, report_path=report_path)
+        trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=STEPS, logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+                             callbacks=[cb])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            filters()
+            trainer.fit(Unaligned(), DataLoader(data, batch_size=7, collate_fn=DataCollatorWithPadding(tokenizer)))
+
+    fit(tmp_path / "baseline.json", lambda: None)
+    from perfcallbacks import Report
+
+    baseline = {(h.id, h.phase) for h in Report.load(tmp_path / "baseline.json").hints}
+    assert len({hint_id for hint_id, _ in baseline}) >= 5, baseline
+    with pytest.raises(PerfHintWarning):
+        fit(tmp_path / "errors.json", lambda: warnings.simplefilter("error", PerfHintWarning))
+    errors = {(h.id, h.phase) for h in Report.load(tmp_path / "errors.json").hints}
+    assert errors == baseline  # not one hint lost to the error filter
