@@ -61,6 +61,20 @@ def uptime() -> dict[str, Any]:
             "load_15m": round(fifteen, 2), "cpus": os.cpu_count()}
 
 
+def source_state(path: str) -> dict[str, Any]:
+    """Which version of a source file was measured: its blob hash and whether it differs from HEAD."""
+    root = HERE.parent
+    try:
+        blob = subprocess.run(["git", "hash-object", path], cwd=root, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", path], cwd=root, capture_output=True,
+                               text=True).stdout.strip()
+        head = subprocess.run(["git", "log", "-1", "--format=%h %s", "--", path], cwd=root, capture_output=True,
+                              text=True).stdout.strip()
+        return {"path": path, "blob": blob, "uncommitted_changes": bool(dirty), "last_commit": head}
+    except OSError as err:
+        return {"path": path, "error": str(err)}
+
+
 def cold_cache(root: Path) -> Path:
     """A fresh decision-cache folder and an empty in-process memo: the guard starts from nothing."""
     from perfcallbacks.fixes.pipeline import clear_memo
@@ -94,7 +108,8 @@ def fix_summary(call: Call) -> dict[str, Any]:
                     "cost_s": q.get("cost_s"), "fidelity": q.get("fidelity"),
                     **{k: d[k] for k in ("calls_measured", "ratios", "speedup_spread", "first_call_s",
                                          "expected_calls", "refinements", "reused", "backend", "layers_fp32",
-                                         "build_s", "estimated_cost_s", "shadow_calls_needed") if k in d}}
+                                         "build_s", "build_timing_s", "backend_choice", "estimated_cost_s",
+                                         "shadow_calls_needed", "implausible_ratios_dropped") if k in d}}
     return out
 
 
@@ -106,6 +121,7 @@ def pair_row(kind: str, before: Call, guarded: Call, after: Call | None, call_no
            "setup_s": {"plain": round(before.setup_s, 3), "guarded": round(guarded.setup_s, 3)},
            "threads_after": guarded.threads_after, **cosine(before.embeddings, guarded.embeddings),
            **fix_summary(guarded), "load_1m": round(os.getloadavg()[0], 2)}
+    row["guard_share_of_plain"] = round(row["guard_cost_s"] / plain_s, 4) if plain_s else None
     return row
 
 
@@ -160,6 +176,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "int8_cost_s_median": _median([x.get("cost_s") for x in q]),
             "guard_cost_s_median": _median([r["guard_cost_s"] for r in rows]),
             "guard_share_of_call_median": _median([r["guard_share_of_call"] for r in rows]),
+            "guard_share_of_plain_median": _median([r.get("guard_share_of_plain") for r in rows]),
+            # The guard's own paired per-batch timings (shadow calls): int8 vs fp32 on the same batches.
+            "int8_batch_ratios": [x for q_ in q for x in (q_.get("ratios") or [])],
             "overhead_s_median": _median([r["overhead_s"] for r in rows]),
             "observation_s_median": _median([r["observation_s"] for r in rows])}
 
@@ -329,8 +348,12 @@ def main() -> None:
         "targets": TARGETS, "load": loads,
     }
     not_run: list[str] = []
+    out_path = Path(args.out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
 
     def time_left(what: str) -> bool:
+        # Partial results reach the file after every sequence: a stopped run keeps what it measured.
+        out_path.write_text(json.dumps({**result, "partial": True, "not_run": not_run}, indent=2))
         if args.max_wall_s is not None and time.perf_counter() - started > args.max_wall_s:
             not_run.append(what)
             print(f"  not run (past --max-wall-s {args.max_wall_s:g}): {what}", flush=True)
@@ -364,6 +387,7 @@ def main() -> None:
                                                                     process_plain=args.process_plain)
                 loads.append(uptime())
     result["not_run"] = not_run
+    result["int8_candidate_source"] = source_state("perfcallbacks/fixes/quantize.py")
     result["threads_after"] = torch.get_num_threads()
     result["threads_unchanged"] = result["threads_after"] == threads
     result["wall_s"] = round(time.perf_counter() - started, 1)
