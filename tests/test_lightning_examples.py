@@ -46,6 +46,7 @@ def test_what_if_a100_fires_then_goes_quiet(examples_path):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::perfcallbacks.hints.PerfHintWarning")  # the example warns (to the user)
 def test_text_classification_naive_run_finds_padding(examples_path, minilm_dir):
     from text_classification import main
 

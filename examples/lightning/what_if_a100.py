@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=8)
     args = parser.parse_args(argv)
-    planned = run("as planned", features=300, hidden=1000, classes=37, batch_size=12, steps=args.steps)
+    planned = run("as planned", features=300, hidden=1001, classes=37, batch_size=12, steps=args.steps)
     previous = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("high")  # TF32 on Ampere: Tensor Cores for fp32 matmuls
     try:
