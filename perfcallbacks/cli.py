@@ -96,6 +96,9 @@ def software_versions() -> dict[str, str | None]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = None
+    torch = sys.modules.get("torch")
+    if out.get("torch") and torch is not None:  # the build tag matters (2.15.0+cu132 vs 2.13.0+cpu)
+        out["torch"] = str(torch.__version__)
     return out
 
 
