@@ -157,7 +157,10 @@ def _dynamo_snapshot() -> dict[str, Any] | None:
             reason = getattr(metric, "recompile_reason", None)
             compile_id = str(getattr(metric, "compile_id", ""))
             seconds = getattr(metric, "entire_frame_compile_time_s", None)
-            records.append({"compile_id": compile_id, "frame": str(getattr(metric, "co_name", "") or ""),
+            # torch._dynamo.reset() restarts compile ids ("0/0" again) but keeps the records: the id alone
+            # would hide a new run's recompiles behind an earlier run's; the start time tells them apart.
+            key = f"{compile_id}@{getattr(metric, 'start_time_us', None) or getattr(metric, 'start_time', '')}"
+            records.append({"compile_id": compile_id, "key": key, "frame": str(getattr(metric, "co_name", "") or ""),
                             "reason": str(reason) if reason else "",
                             "compile_s": float(seconds) if isinstance(seconds, (int, float)) else None})
     return {"graph_breaks": breaks, "unique_graphs": unique, "records": records}
@@ -179,14 +182,14 @@ def _compile_facts(ctx: RunContext, model: nn.Module | None) -> None:
         # loaded yet (HF compiles in train()) means nothing was compiled before: a zero baseline.
         facts.baseline = {"graph_breaks": dict(snap["graph_breaks"]) if snap else {},
                           "unique_graphs": (snap["unique_graphs"] or 0) if snap else 0,
-                          "compile_ids": [r["compile_id"] for r in snap["records"]] if snap else []}
+                          "compile_keys": [r["key"] for r in snap["records"]] if snap else []}
     if snap is None or ctx.phase == "setup":
         return
     base_breaks = facts.baseline.get("graph_breaks", {})
     facts.graph_breaks = {k: v - base_breaks.get(k, 0) for k, v in snap["graph_breaks"].items()
                           if v - base_breaks.get(k, 0) > 0}
-    seen = set(facts.baseline.get("compile_ids", []))
-    facts.recompiles = [r for r in snap["records"] if r["reason"] and r["compile_id"] not in seen]
+    seen = set(facts.baseline.get("compile_keys", []))
+    facts.recompiles = [r for r in snap["records"] if r["reason"] and r["key"] not in seen]
     if snap["unique_graphs"] is not None:
         facts.unique_graphs = int(snap["unique_graphs"]) - int(facts.baseline.get("unique_graphs", 0) or 0)
 
