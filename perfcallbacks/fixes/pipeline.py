@@ -40,6 +40,9 @@ log = logging.getLogger("perfcallbacks.fixes")
 Z95 = 1.645
 MARGIN = 0.05  # a fix must be at least 5% faster at its slow end
 MIN_CALLS = 2  # paired timings before a speed decision
+# A candidate's first call is cold (allocations, oneDNN primitives, lazy init): its output is judged, its time
+# is paid as guard cost, but it is no speed sample (channels-last measured 0.54-0.79x cold vs 1.09x steady).
+WARMUP_CALLS = 1
 MAX_CALLS = 6  # give up on an undecided fix after this many shadow calls
 MIN_ROWS = 16  # rows before a cosine bound is trusted
 # Our own bookkeeping per shadow call (fidelity maths), as a share of the call: part of the estimate.
@@ -352,6 +355,8 @@ class _Trial:
     reused: dict[str, Any] | None = None
     refinements: int = 0
     planned_calls: int = MIN_CALLS  # shadow calls the budget was planned for (the fidelity claim's rows)
+    shadow_calls: int = 0  # this candidate's calls so far (the first WARMUP_CALLS are no speed samples)
+    calls_shadowed: int = 0  # calls the user's method answered during the trial, refinements included
 
 
 class GuardedCalls:
@@ -568,7 +573,7 @@ class GuardedCalls:
         need_rows = MIN_ROWS
         if scores and getattr(tol, "argmax_agreement", None) is not None:
             need_rows = rows_for_agreement(tol.argmax_agreement)
-        return max(MIN_CALLS, math.ceil(need_rows / rows))
+        return max(MIN_CALLS + WARMUP_CALLS, math.ceil(need_rows / rows))
 
     def _begin(self, spec: FixSpec, batch: Any, args: tuple, kwargs: dict, ref_out: Any, ref_s: float) -> None:
         remaining = self._remaining_calls()
@@ -703,7 +708,9 @@ class GuardedCalls:
         cand_s, cand_out = self._timed(lambda: self._call_candidate(trial.candidate, args, kwargs))
         start = self.clock()
         ev = trial.evidence
-        if ref_s is not None and cand_s > 0:
+        trial.shadow_calls += 1
+        trial.calls_shadowed += 1
+        if ref_s is not None and cand_s > 0 and trial.shadow_calls > WARMUP_CALLS:
             ratio = ref_s / cand_s
             (ev.ratios if ratio <= trial.spec.plausible_max else ev.dropped).append(ratio)
         ev.add_outputs(ref_out, cand_out, batch, self.owner)
@@ -719,6 +726,7 @@ class GuardedCalls:
                 trial.refinements += 1
                 trial.cost_s += refined.build_s
                 trial.candidate, trial.evidence = refined, Evidence()
+                trial.shadow_calls = 0  # a new model: its first call is cold again
                 return
             self._conclude(trial, "rejected", f"outside tolerance: {'; '.join(bad)}", kind="fidelity")
             return
@@ -779,7 +787,8 @@ class GuardedCalls:
         else:
             speedup = None if speed is None else speed["median"]
         details = dict(trial.candidate.details)
-        details.update(calls_measured=len(ev.ratios), refinements=trial.refinements,
+        details.update(calls_measured=len(ev.ratios), calls_shadowed=trial.calls_shadowed,
+                       refinements=trial.refinements,
                        first_call_s=self.first_call_s, expected_calls=self.expected_calls)
         if speed is not None:
             details["speedup_spread"] = {k: round(v, 3) for k, v in speed.items() if k != "median"}
