@@ -531,15 +531,23 @@ class Advisor:
         """Put the guarded-fix pipeline on ``owner.<method>`` for this stage (``auto_apply`` only).
 
         Returns the :class:`~perfcallbacks.fixes.pipeline.GuardedCalls` (installed unless ``original``
-        is given: then the caller routes calls to it), or ``None`` when no fix may run here: not rank
-        zero, several processes (the decision would have to be shared), or ``auto_apply`` off.
+        is given: then the caller routes calls to it), or ``None`` when no fix may run here
+        (``auto_apply`` off, or several processes without a ``torch.distributed`` group to share the
+        decision through). Under several processes every rank must call this at the same point:
+        rank zero measures, the others follow its decision (``expected_calls`` is this rank's share).
         """
         if not self.auto_apply:
             return None
-        if not self.is_rank_zero or self.context.world_size > 1:
-            self.record_fix(FixResult("dynamic-quantization", "skipped", "inference fixes run in single-process "
-                                      f"stages only (world size {self.context.world_size})"))
-            return None
+        ranks = None
+        if self.context.world_size > 1:
+            from perfcallbacks.fixes.ranks import TorchRankGroup
+
+            ranks = TorchRankGroup.current()
+            if ranks is None:
+                self.record_fix(FixResult("dynamic-quantization", "skipped", f"{self.context.world_size} processes "
+                                          "but no torch.distributed process group: rank zero's decision could "
+                                          "not be shared, so no rank measures"))
+                return None
         with self.timed():
             from perfcallbacks.fixes.cache import DecisionCache
             from perfcallbacks.fixes.pipeline import GuardedCalls
@@ -547,7 +555,7 @@ class Advisor:
             guard = GuardedCalls(owner, method, stage=stage, profile=self.context.local,
                                  expected_calls=expected_calls, record=self.record_fix, batch_of=batch_of,
                                  with_batch=with_batch, guard_budget=self.options.guard_budget,
-                                 cache=DecisionCache(), original=original, observe=observe)
+                                 cache=DecisionCache(), original=original, observe=observe, ranks=ranks)
             if original is None:
                 guard.install()
             self._guards[stage] = guard

@@ -52,3 +52,21 @@ def test_two_process_trainer_run_writes_one_report_and_warns_once(tmp_path):
     assert [p.name for p in reports] == ["perf_hints.json"]  # one report: rank zero only
     data = json.loads(reports[0].read_text())
     assert data["framework"] == "hf" and "tensor-cores-idle" in [h["id"] for h in data["hints"]]
+
+
+@pytest.mark.slow
+def test_two_process_predict_rank_zero_decides_and_rank_one_follows(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           str(Path(__file__).parent / "mp_scripts" / "hf_ddp_predict.py"), str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r0, r1 = (json.loads((out / f"predict-rank{r}.json").read_text()) for r in (0, 1))
+    [f0], [f1] = r0["fixes"], r1["fixes"]
+    assert f0["status"] == "applied", f0["reason"]
+    assert f1["status"] == "applied" and f1["reason"].startswith("decided on rank 0")
+    # both ranks ran the slow model only while rank zero measured (same calls), then the fast copy
+    assert r0["slow_calls"] == r1["slow_calls"] == f0["shadowed"] < 50
+    assert r0["rows"] >= 401 and r0["max_error"] < 1e-4 and r1["max_error"] < 1e-4

@@ -125,3 +125,74 @@ def test_ddp_subprocess_two_cpu_ranks(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_ranks(out_dir, report, proc.stderr)
     assert json.loads((out_dir / "rank0.json").read_text())["strategy"] == "ddp"
+
+
+DDP_PREDICT_SCRIPT = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {tests_dir!r})
+import torch
+import lightning.pytorch as pl
+import perfcallbacks.fixes.pipeline as pipeline
+from perfcallbacks import Advisor, DeviceProfile, PerfHintCallback
+from test_lightning import _SlowModule, _fast_copy_spec, loader
+
+pipeline.FIXES = (_fast_copy_spec(),)  # every rank runs this script: the same fake fix everywhere
+Advisor.probe_inference = lambda self, model, batch, **kw: []
+
+
+class PairModule(_SlowModule):
+    def predict_step(self, batch, batch_idx):
+        x, _ = batch
+        return x, self(x)
+
+
+class Recorder(PerfHintCallback):
+    def on_predict_end(self, trainer, pl_module):
+        super().on_predict_end(trainer, pl_module)
+        fixes = [{{"id": f.id, "status": f.status, "reason": f.reason,
+                  "shadowed": f.details.get("calls_shadowed")}} for f in self.advisor.fixes if f.id == "fake-fast"]
+        Path({out_dir!r}, f"rank{{trainer.global_rank}}.json").write_text(json.dumps(
+            {{"fixes": fixes, "model_calls": pl_module.calls, "batches": trainer.num_predict_batches}}))
+
+
+local = DeviceProfile.preset("cpu-avx2").replace(physical_cores=2, logical_cores=2)
+model = PairModule()
+model.delay_s = 0.02
+trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, default_root_dir={root!r},
+                     callbacks=[Recorder(auto_apply=True, verbose=False, local=local, report_path={report!r})])
+pairs = trainer.predict(model, loader(n=2 * 39 * 16 + 1))  # 625 and 624 rows: ranks of 40 and 39 batches
+err = max(float((out - model.layer(x)).abs().max()) for x, out in pairs)
+rank = trainer.global_rank
+path = Path({out_dir!r}, f"rank{{rank}}.json")
+record = json.loads(path.read_text())
+record["max_error"] = err
+path.write_text(json.dumps(record))
+"""
+
+
+@pytest.mark.slow
+def test_ddp_predict_rank_zero_decides_and_every_rank_applies(tmp_path):
+    """Real DDP predict (2 CPU ranks, gloo, uneven shards): rank zero measures within the shorter rank's
+    job, rank 1 follows its decision from the same call on, and both get the original's outputs."""
+    out_dir = tmp_path / "ranks"
+    out_dir.mkdir()
+    report = tmp_path / "perf_hints.json"
+    script = tmp_path / "predict_ddp.py"
+    script.write_text(textwrap.dedent(DDP_PREDICT_SCRIPT.format(
+        tests_dir=str(Path(__file__).parent), out_dir=str(out_dir), report=str(report), root=str(tmp_path))))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK"))}
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (json.loads((out_dir / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert sorted([r0["batches"], r1["batches"]]) == [[39], [40]]
+    [f0], [f1] = r0["fixes"], r1["fixes"]
+    assert f0["status"] == "applied", f0["reason"]
+    assert f1["status"] == "applied" and f1["reason"].startswith("decided on rank 0")
+    # Rank 1 ran the user's model exactly while rank zero shadowed (same call index), then the copy.
+    assert r0["model_calls"] == r1["model_calls"] == f0["shadowed"] < 39
+    assert r0["max_error"] < 1e-5 and r1["max_error"] < 1e-5
+    saved = json.loads(report.read_text())
+    assert next(f for f in saved["fixes"] if f["id"] == "fake-fast")["status"] == "applied"

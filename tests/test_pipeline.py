@@ -303,3 +303,77 @@ def test_a_candidate_that_raises_later_rolls_back_to_the_original(monkeypatch):
     outs = run_job(guard, batches(40))
     guard.finish()
     assert len(outs) == 40 and [r.status for r in results] == ["applied", "failed"]
+
+
+class ScriptedRanks:
+    """A :class:`RankGroup` seen from one rank: the siblings' answers are scripted, every exchange recorded."""
+
+    def __init__(self, rank: int, counts: list[int], payloads: list | None = None) -> None:
+        self.rank, self.world_size = rank, len(counts)
+        self.counts, self.payloads, self.sent = counts, list(payloads or []), []
+
+    def gather(self, obj):
+        return [obj if r == self.rank else c for r, c in enumerate(self.counts)]
+
+    def broadcast(self, obj):
+        self.sent.append(obj)
+        return obj if self.rank == 0 else (self.payloads.pop(0) if self.payloads else {"final": False})
+
+
+def test_rank_zero_decides_within_the_shortest_ranks_job_and_shares_it():
+    model, results = Slow(), []
+    ranks = ScriptedRanks(0, [40, 39])
+    guard = GuardedCalls(model, "__call__", stage="predict", profile=DeviceProfile.detect(), expected_calls=40,
+                         record=results.append, cache=None, specs=[spec()], original=model, ranks=ranks)
+    run_job(guard, batches(40))
+    guard.finish()
+    [result] = results
+    assert result.status == "applied", result.reason
+    finals = [p for p in ranks.sent if p["final"]]
+    assert len(finals) == 1 and ranks.sent[-1] is finals[0]  # one exchange per call until decided, then none
+    assert len(ranks.sent) == result.details["calls_shadowed"]
+    assert finals[0]["active"] == {"fix_id": "fake-fast", "params": {"noise": 0.0}, "reason": result.reason}
+
+
+def test_rank_zero_concludes_when_the_shortest_rank_ends():
+    # Rank 1 makes only 2 calls: rank zero must share a final decision at its 2nd call, with one warm sample.
+    model, results = Slow(), []
+    ranks = ScriptedRanks(0, [40, 2])
+    guard = GuardedCalls(model, "__call__", stage="predict", profile=DeviceProfile.detect(), expected_calls=40,
+                         record=results.append, cache=None, specs=[spec()], original=model, ranks=ranks,
+                         guard_budget=1.0)
+    run_job(guard, batches(40))
+    guard.finish()
+    assert [p["final"] for p in ranks.sent] == [False, True] and ranks.sent[-1]["active"] is None
+    [result] = results
+    assert result.status == "skipped" and "not enough calls to time it (1 of 2)" in result.reason
+    assert model.calls == 40  # nothing was applied: the user's model answered every call
+
+
+def test_other_ranks_follow_rank_zeros_decision_without_measuring():
+    pipeline.clear_memo()
+    model, results = Slow(), []
+    decision = {"final": True, "active": {"fix_id": "fake-fast", "params": {"noise": 0.0}, "reason": "2.0x"}}
+    ranks = ScriptedRanks(1, [40, 40], payloads=[{"final": False}, {"final": False}, decision])
+    guard = GuardedCalls(model, "__call__", stage="predict", profile=DeviceProfile.detect(), expected_calls=40,
+                         record=results.append, cache=None, specs=[spec()], original=model, ranks=ranks)
+    data = batches(40)
+    outs = run_job(guard, data)
+    guard.finish()
+    assert model.calls == 3 and len(ranks.sent) == 3  # the user's model until rank zero's decision, then the copy
+    [result] = results
+    assert result.status == "applied" and "decided on rank 0" in result.reason
+    ref = run_job(copy.deepcopy(model), data)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(outs, ref))
+
+
+def test_a_rank_without_a_job_length_means_no_rank_measures():
+    model, results = Slow(), []
+    ranks = ScriptedRanks(0, [40, -1])
+    guard = GuardedCalls(model, "__call__", stage="predict", profile=DeviceProfile.detect(), expected_calls=40,
+                         record=results.append, cache=None, specs=[spec()], original=model, ranks=ranks)
+    run_job(guard, batches(5))
+    guard.finish()
+    assert model.calls == 5 and ranks.sent == []
+    [result] = results
+    assert result.status == "skipped" and "does not know its job's length" in result.reason

@@ -881,6 +881,9 @@ def _begin_guarded_predict(callback: HFPerfHints, trainer: Any, dataset: Any) ->
         return
     try:
         advisor = callback._bind(trainer.args, trainer.state, trainer.model)
+        layout = run_layout(trainer.args)  # a predict-only script never reached on_train_begin
+        advisor.context.world_size, advisor.context.distributed = layout["world_size"], layout["distributed"]
+        advisor.context.local_world_size = layout["local_world_size"]
         model = callback._model
         callback._stage_started = time.perf_counter()
         if model is None or getattr(trainer.args, "torch_compile", False):
@@ -904,7 +907,10 @@ def _eval_batches(args: Any, dataset: Any) -> int | None:
         rows = len(dataset)
     except TypeError:
         return None
+    # eval_batch_size: per device x GPUs of one process (DataParallel); one per process under DDP.
     size = int(getattr(args, "eval_batch_size", None) or getattr(args, "per_device_eval_batch_size", 8) or 8)
+    world = max(1, int(getattr(args, "world_size", 1) or 1))
     if getattr(args, "dataloader_drop_last", False):
-        return rows // size or None
-    return math.ceil(rows / size) or None
+        return rows // (size * world) or None
+    # accelerate shards the batches across processes with even_batches: this process's share, rounded up.
+    return math.ceil(math.ceil(rows / size) / world) or None

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from perfcallbacks.fixes.candidate import Candidate
+from perfcallbacks.fixes.ranks import RankGroup, shortest_job
 from perfcallbacks.measure import Synchronizer, device_of, device_synchronizer, output_kind, output_tensor, padding_mask
 from perfcallbacks.report import FixResult
 
@@ -377,6 +378,9 @@ class GuardedCalls:
         original: the user's callable when the caller routes calls itself (nothing is patched).
         clock / sync: the timer and the device synchroniser (tests inject them).
         observe: called with each call's batch (the plain loop's view of its inference batches).
+        ranks: a :class:`~perfcallbacks.fixes.ranks.RankGroup` under several processes: rank zero
+            measures, the others follow its decision (every rank must build its GuardedCalls, since
+            the constructor and each call of the trial window are collectives).
 
     Example::
 
@@ -398,7 +402,8 @@ class GuardedCalls:
                  with_batch: Callable[[tuple, dict, Any], tuple[tuple, dict]] | None = None,
                  guard_budget: float = 0.10, cache: Any = None, specs: Sequence[FixSpec] | None = None,
                  original: Callable[..., Any] | None = None, clock: Callable[[], float] = time.perf_counter,
-                 sync: Synchronizer | None = None, observe: Callable[[Any], Any] | None = None) -> None:
+                 sync: Synchronizer | None = None, observe: Callable[[Any], Any] | None = None,
+                 ranks: RankGroup | None = None) -> None:
         self.owner = owner
         self.method = method
         self.stage = stage
@@ -430,6 +435,21 @@ class GuardedCalls:
         self._installed = False
         self.specs = self._applicable([s for s in (FIXES if specs is None else specs) if stage in s.stages])
         self.pending = list(self.specs)
+        self.ranks = ranks
+        self._share_until: int | None = None  # last call of the window in which rank zero's decision is shared
+        if ranks is not None:
+            self._plan_sharing(ranks)
+
+    def _plan_sharing(self, ranks: RankGroup) -> None:
+        """Collective: the window is the shortest rank's job; only rank zero measures."""
+        window = shortest_job(ranks, self.expected_calls)
+        if not window:
+            self._conclude_all("skipped", f"a rank of {ranks.world_size} does not know its job's length (a loader "
+                               "without len): the decision could not be shared, so no rank measures")
+            return
+        self._share_until = window
+        if ranks.rank != 0:
+            self.pending = []  # this rank follows rank zero's decision
 
     def _applicable(self, specs: list[FixSpec]) -> list[FixSpec]:
         keep = []
@@ -481,10 +501,81 @@ class GuardedCalls:
                 log.debug("perfcallbacks: could not observe a call", exc_info=True)
         try:
             if self.trial is None and not self.pending:
-                return self._run_active(args, kwargs)
-            return self._guarded_call(args, kwargs)
+                out = self._run_active(args, kwargs)
+            else:
+                out = self._guarded_call(args, kwargs)
         except _UserError as err:  # the user's own method raised: theirs, not ours
             raise err.original from None
+        if self._share_until is not None:
+            self._exchange(args, kwargs)
+        return out
+
+    # -- several ranks: rank zero decides, the others follow ----------------------------------------
+    def _exchange(self, args: tuple, kwargs: dict) -> None:
+        """Collective at the end of every call of the window (same call index on every rank)."""
+        ranks = self.ranks
+        assert ranks is not None and self._share_until is not None
+        payload: dict[str, Any] | None = None
+        if ranks.rank == 0:
+            payload = self._decision_payload()
+        try:
+            payload = ranks.broadcast(payload)
+        except Exception:  # a broken group: stop sharing; this rank keeps what it runs now
+            log.debug("perfcallbacks: sharing the fix decision failed", exc_info=True)
+            self._share_until = None
+            return
+        if not payload or not payload.get("final"):
+            return
+        self._share_until = None
+        if ranks.rank != 0 and payload.get("active"):
+            self._follow(payload["active"], args, kwargs)
+
+    def _decision_payload(self) -> dict[str, Any]:
+        decided = self.trial is None and not self.pending
+        if not decided and self.calls >= (self._share_until or 0):
+            # The shortest rank's job ends here: what is undecided now stays undecided.
+            if self.trial is not None:
+                self._conclude_trial(final=True)
+            self._conclude_all("skipped", f"the shortest rank's share of the job ({self._share_until} calls) ended "
+                               "before this fix could be measured")
+            decided = True
+        active = self.active
+        return {"final": decided, "active": None if not decided or active is None else {
+            "fix_id": active.fix_id, "params": dict(active.params),
+            "reason": next((r.reason for r in reversed(self.results) if r.id == active.fix_id), "")}}
+
+    def _follow(self, active: dict[str, Any], args: tuple, kwargs: dict) -> None:
+        """Build rank zero's applied candidate here from its params (kept for this model's later stages)."""
+        fix_id = str(active.get("fix_id"))
+        spec = next((s for s in self.specs if s.fix_id == fix_id), None)
+        if spec is None:
+            self._record(FixResult(fix_id, "skipped", "rank zero applied it; it does not apply on this rank"), 0.0)
+            return
+        start = self.clock()
+        try:
+            batch = self.batch_of(args, kwargs)
+            parts = _key_parts(self.owner, spec, self.profile, batch)
+            key, weights = parts if parts else (None, None)
+            memo = _MEMO.get(key) if key else None
+            cand = memo.get("candidate") if memo and memo.get("weights") == weights else None
+            if cand is None or cand.params != active.get("params"):
+                built, _ = self._build(spec, batch, dict(active.get("params") or {}))
+                if isinstance(built, FixResult):
+                    self._record(built, self.clock() - start)
+                    return
+                cand = built
+                if key:
+                    _MEMO[key] = {"decision": {"status": "applied", "kind": "speed", "params": dict(cand.params),
+                                               "reason": active.get("reason", ""), "weights": weights},
+                                  "candidate": cand, "weights": weights}
+        except Exception as err:  # principle 1: this rank keeps the user's model
+            log.debug("perfcallbacks: could not follow rank zero's fix", exc_info=True)
+            self._record(FixResult(fix_id, "failed", f"could not build rank zero's decision here: "
+                                   f"{type(err).__name__}: {err}"), self.clock() - start)
+            return
+        self.active = cand
+        self._record(FixResult(fix_id, "applied", f"decided on rank 0: {active.get('reason', '')}",
+                               details={"decided_on_rank": 0, **cand.details}), self.clock() - start)
 
     def _guarded_call(self, args: tuple, kwargs: dict) -> Any:
         if self.calls == 1 and self.trial is None:
