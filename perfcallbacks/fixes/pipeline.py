@@ -693,7 +693,7 @@ class GuardedCalls:
         allowed = self.guard_budget * job_s - self.cost_s
         if needed > remaining + 1 or estimate > allowed:
             why = (f"{remaining} more call(s) x {per_call:.3f} s = {per_call * remaining:.2f} s left of a "
-                   f"~{job_s:.2f} s job; measuring would cost ~{estimate:.2f} s ({needed} shadow calls), more than "
+                   f"~{job_s:.2f} s job (estimated from its first call); measuring would cost ~{estimate:.2f} s ({needed} shadow calls), more than "
                    f"{self.guard_budget:.0%} of the job")
             if needed > remaining + 1:
                 why = (f"the job is too short to support the fidelity claim: {needed} calls needed, "
