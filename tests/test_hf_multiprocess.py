@@ -23,15 +23,21 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_process_trainer_run_writes_one_report_and_warns_once(tmp_path):
+def _launch(tmp_path: Path, script: Path, threads: int) -> Path:
+    """``torchrun --nproc_per_node 2 script <out>``; returns ``<out>`` (the ranks' records)."""
     out = tmp_path / "out"
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           str(SCRIPT), str(out)]
+           str(script), str(out)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+@pytest.mark.slow
+def test_two_process_trainer_run_writes_one_report_and_warns_once(tmp_path):
+    out = _launch(tmp_path, SCRIPT, threads=2)
 
     records = {r["rank"]: r for r in (json.loads(p.read_text()) for p in out.glob("warnings-rank*.json"))}
     assert sorted(records) == [0, 1]
@@ -56,13 +62,7 @@ def test_two_process_trainer_run_writes_one_report_and_warns_once(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_predict_rank_zero_decides_and_rank_one_follows(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           str(Path(__file__).parent / "mp_scripts" / "hf_ddp_predict.py"), str(out)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = _launch(tmp_path, Path(__file__).parent / "mp_scripts" / "hf_ddp_predict.py", threads=1)
     r0, r1 = (json.loads((out / f"predict-rank{r}.json").read_text()) for r in (0, 1))
     [f0], [f1] = r0["fixes"], r1["fixes"]
     assert f0["status"] == "applied", f0["reason"]

@@ -110,19 +110,25 @@ trainer.fit(TinyModule(), _loader())
 """
 
 
-@pytest.mark.slow
-def test_ddp_subprocess_two_cpu_ranks(tmp_path):
-    """strategy="ddp" re-launches the script per rank, so it runs from a script, as users run it."""
+def _run_ddp_script(tmp_path: Path, template: str) -> tuple[Path, Path, subprocess.CompletedProcess]:
+    """Write ``template`` as a script and run it: strategy="ddp" re-launches it once per rank."""
     out_dir = tmp_path / "ranks"
     out_dir.mkdir()
     report = tmp_path / "perf_hints.json"
-    script = tmp_path / "train_ddp.py"
-    script.write_text(textwrap.dedent(DDP_SCRIPT.format(
+    script = tmp_path / "ddp_script.py"
+    script.write_text(textwrap.dedent(template.format(
         tests_dir=str(Path(__file__).parent), out_dir=str(out_dir), report=str(report), root=str(tmp_path))))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK"))}
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return out_dir, report, proc
+
+
+@pytest.mark.slow
+def test_ddp_subprocess_two_cpu_ranks(tmp_path):
+    """strategy="ddp" re-launches the script per rank, so it runs from a script, as users run it."""
+    out_dir, report, proc = _run_ddp_script(tmp_path, DDP_SCRIPT)
     _check_ranks(out_dir, report, proc.stderr)
     assert json.loads((out_dir / "rank0.json").read_text())["strategy"] == "ddp"
 
@@ -176,16 +182,7 @@ path.write_text(json.dumps(record))
 def test_ddp_predict_rank_zero_decides_and_every_rank_applies(tmp_path):
     """Real DDP predict (2 CPU ranks, gloo, uneven shards): rank zero measures within the shorter rank's
     job, rank 1 follows its decision from the same call on, and both get the original's outputs."""
-    out_dir = tmp_path / "ranks"
-    out_dir.mkdir()
-    report = tmp_path / "perf_hints.json"
-    script = tmp_path / "predict_ddp.py"
-    script.write_text(textwrap.dedent(DDP_PREDICT_SCRIPT.format(
-        tests_dir=str(Path(__file__).parent), out_dir=str(out_dir), report=str(report), root=str(tmp_path))))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCAL_RANK", "WORLD_SIZE", "NODE_RANK"))}
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    out_dir, report, _ = _run_ddp_script(tmp_path, DDP_PREDICT_SCRIPT)
     r0, r1 = (json.loads((out_dir / f"rank{r}.json").read_text()) for r in (0, 1))
     assert sorted([r0["batches"], r1["batches"]]) == [[39], [40]]
     [f0], [f1] = r0["fixes"], r1["fixes"]

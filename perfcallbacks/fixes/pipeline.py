@@ -41,9 +41,10 @@ log = logging.getLogger("perfcallbacks.fixes")
 Z95 = 1.645
 MARGIN = 0.05  # a fix must be at least 5% faster at its slow end
 MIN_CALLS = 2  # paired timings before a speed decision
-# A candidate's first call is cold (allocations, oneDNN primitives, lazy init): its output is judged, its time
-# is paid as guard cost, but it is no speed sample (channels-last measured 0.54-0.79x cold vs 1.09x steady).
-WARMUP_CALLS = 1
+# A candidate's first call is cold (allocations, oneDNN primitives, lazy init): channels-last read 0.54-0.79x on
+# it against 1.09x steady. Once MIN_CALLS later (warm) samples exist, speed is judged on those alone; before, on
+# all samples, which can only make a fix look slower (a cold call never applies a fix, it can delay one).
+COLD_CALLS = 1
 MAX_CALLS = 6  # give up on an undecided fix after this many shadow calls
 MIN_ROWS = 16  # rows before a cosine bound is trusted
 # Our own bookkeeping per shadow call (fidelity maths), as a share of the call: part of the estimate.
@@ -163,10 +164,15 @@ class Evidence:
         return out
 
     def speed(self) -> dict[str, float] | None:
+        """Speed so far: on the warm samples once there are :data:`MIN_CALLS` of them (``warm`` = 1.0), else
+        on all, the candidate's cold first call included (it can only make the fix look slower)."""
         if not self.ratios:
             return None
-        return {"median": statistics.median(self.ratios), "slow_end": quantile(self.ratios, 0.25),
-                "min": min(self.ratios), "max": max(self.ratios), "calls": float(len(self.ratios))}
+        warm = self.ratios[COLD_CALLS:]
+        samples = warm if len(warm) >= MIN_CALLS else self.ratios
+        return {"median": statistics.median(samples), "slow_end": quantile(samples, 0.25),
+                "min": min(samples), "max": max(samples), "calls": float(len(samples)),
+                "warm": float(len(warm) >= MIN_CALLS)}
 
 
 def judge_fidelity(ev: Evidence, tol: Any) -> tuple[list[str], list[str]]:
@@ -356,8 +362,8 @@ class _Trial:
     reused: dict[str, Any] | None = None
     refinements: int = 0
     planned_calls: int = MIN_CALLS  # shadow calls the budget was planned for (the fidelity claim's rows)
-    shadow_calls: int = 0  # this candidate's calls so far (the first WARMUP_CALLS are no speed samples)
     calls_shadowed: int = 0  # calls the user's method answered during the trial, refinements included
+    candidate_s: list[float] = field(default_factory=list)  # the current candidate's call times (budgeting)
 
 
 class GuardedCalls:
@@ -664,7 +670,7 @@ class GuardedCalls:
         need_rows = MIN_ROWS
         if scores and getattr(tol, "argmax_agreement", None) is not None:
             need_rows = rows_for_agreement(tol.argmax_agreement)
-        return max(MIN_CALLS + WARMUP_CALLS, math.ceil(need_rows / rows))
+        return max(MIN_CALLS, math.ceil(need_rows / rows))
 
     def _begin(self, spec: FixSpec, batch: Any, args: tuple, kwargs: dict, ref_out: Any, ref_s: float) -> None:
         remaining = self._remaining_calls()
@@ -799,9 +805,9 @@ class GuardedCalls:
         cand_s, cand_out = self._timed(lambda: self._call_candidate(trial.candidate, args, kwargs))
         start = self.clock()
         ev = trial.evidence
-        trial.shadow_calls += 1
         trial.calls_shadowed += 1
-        if ref_s is not None and cand_s > 0 and trial.shadow_calls > WARMUP_CALLS:
+        trial.candidate_s.append(cand_s)
+        if ref_s is not None and cand_s > 0:
             ratio = ref_s / cand_s
             (ev.ratios if ratio <= trial.spec.plausible_max else ev.dropped).append(ratio)
         ev.add_outputs(ref_out, cand_out, batch, self.owner)
@@ -817,7 +823,7 @@ class GuardedCalls:
                 trial.refinements += 1
                 trial.cost_s += refined.build_s
                 trial.candidate, trial.evidence = refined, Evidence()
-                trial.shadow_calls = 0  # a new model: its first call is cold again
+                trial.candidate_s = []  # a new model: its first call is cold again (a new Evidence too)
                 return
             self._conclude(trial, "rejected", f"outside tolerance: {'; '.join(bad)}", kind="fidelity")
             return
@@ -828,7 +834,7 @@ class GuardedCalls:
                                "(weights changed)", kind="fidelity")
             return
         enough_speed = speed is not None and speed["calls"] >= MIN_CALLS
-        if enough_speed and speed["median"] < 1 + MARGIN:
+        if enough_speed and speed["warm"] and speed["median"] < 1 + MARGIN:
             self._conclude(trial, "rejected", f"measured {speed['median']:.2f}x (slow end {speed['slow_end']:.2f}x), "
                            f"needs {1 + MARGIN:.2f}x", kind="speed")
             return
@@ -840,7 +846,10 @@ class GuardedCalls:
         # Undecided: go on only while calls remain and the budget allows one more shadow call.
         remaining = self._remaining_calls() or 0
         job_s = self._job_s() or 0.0
-        next_cost = (self.first_call_s or 0.0) * (1 + _BOOKKEEPING)
+        # The next shadow call costs what this candidate's warm calls cost (its first one was cold).
+        warm_s = trial.candidate_s[COLD_CALLS:] or trial.candidate_s
+        per_call = statistics.median(warm_s) if warm_s else (self.first_call_s or 0.0)
+        next_cost = per_call * (1 + _BOOKKEEPING)
         over_budget = self.cost_s + trial.cost_s + next_cost > self.guard_budget * job_s
         limit = max(MAX_CALLS, trial.planned_calls) + 3 * trial.refinements
         if remaining <= 0 or over_budget or len(ev.ratios) + len(ev.dropped) >= limit:
@@ -882,7 +891,8 @@ class GuardedCalls:
                        refinements=trial.refinements,
                        first_call_s=self.first_call_s, expected_calls=self.expected_calls)
         if speed is not None:
-            details["speedup_spread"] = {k: round(v, 3) for k, v in speed.items() if k != "median"}
+            details["speedup_spread"] = {k: round(v, 3) for k, v in speed.items() if k not in ("median", "warm")}
+            details["speed_judged_on"] = "warm calls" if speed["warm"] else "all calls (the first one cold)"
             details["ratios"] = [round(r, 3) for r in ev.ratios]
         if ev.dropped:
             details["implausible_ratios_dropped"] = [round(r, 2) for r in ev.dropped]
