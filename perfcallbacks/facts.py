@@ -421,21 +421,67 @@ def _padded(pad: int, fn: Callable[[], Any]) -> Any:
 
 
 def _at_user_depth(model: nn.Module, depth: int, measure: Callable[..., Any]) -> tuple[Any, int]:
-    """``measure(wrap)`` where ``wrap(fn)`` calls ``fn`` with the model's forward no shallower than the user's.
+    """``measure(wrap)`` where ``wrap(fn)`` calls ``fn`` with the model's forward at the user's stack depth.
 
     Anomaly detection formats the whole Python stack for every op, so its cost grows with how deep the
-    forward runs: a probe run shallower than the training step would underestimate it. Returns the value
-    and the frames added (negative: the probe ran that many frames deeper than the user's forward).
+    forward runs: a probe run shallower than the training step would underestimate it, a deeper one
+    (a plain loop's forward is ~15 frames shallower than advisor -> checks -> probe) overestimate it.
+    Shallower: frames are added. Deeper: the probe runs in a fresh thread, whose stack starts near empty,
+    padded to the user's depth. Returns the value and the frames added (negative: still that much deeper).
     """
+    gap = _depth_gap(model, depth, measure)
+    if gap >= 0:
+        return measure(_pad_to(gap), calibrate=False), gap
+
+    def shallow() -> tuple[Any, int]:
+        inner = _depth_gap(model, depth, measure)
+        return measure(_pad_to(max(0, inner)), calibrate=False), inner
+
+    return _in_fresh_thread(shallow)
+
+
+def _pad_to(frames: int) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
+    return lambda fn: (lambda: _padded(frames, fn))
+
+
+def _depth_gap(model: nn.Module, depth: int, measure: Callable[..., Any]) -> int:
+    """Frames between where the probe's forward lands (one untimed call) and the user's forward."""
     seen: list[int] = []
     handle = model.register_forward_pre_hook(lambda m, a: seen.append(stack_depth()) if not seen else None)
     try:
-        measure(lambda fn: (lambda: _padded(0, fn)), calibrate=True)
+        measure(_pad_to(0), calibrate=True)
     finally:
         handle.remove()
-    pad = depth - seen[0] if (seen and depth) else 0
-    frames = max(0, pad)
-    return measure(lambda fn: (lambda: _padded(frames, fn)), calibrate=False), pad
+    # + 1: this calibrating call runs one frame deeper (inside this function) than the caller's timed one.
+    return depth - seen[0] + 1 if (seen and depth) else 0
+
+
+def _in_fresh_thread(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on a new thread with this thread's autocast state (grad mode is set by the probe itself;
+    anomaly detection and deterministic algorithms are process-wide)."""
+    import contextlib
+    import threading
+
+    cuda = sys.modules.get("torch.cuda")
+    devices = ["cpu"] + (["cuda"] if cuda is not None and cuda.is_initialized() else [])
+    autocast = [(d, torch.get_autocast_dtype(d)) for d in devices if torch.is_autocast_enabled(d)]
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            with contextlib.ExitStack() as stack:
+                for device, dtype in autocast:
+                    stack.enter_context(torch.autocast(device, dtype=dtype))
+                box["value"] = fn()
+        except BaseException as err:  # handed back to the caller's containment
+            box["error"] = err
+
+    thread = threading.Thread(target=target, name="perfcallbacks-probe", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
 
 
 def _probe_debug(ctx: RunContext, model: nn.Module, batch: Any, budget_s: float, depth: int = 0) -> None:

@@ -152,3 +152,27 @@ def test_env_launch_blocking_read_from_environment():
     os.environ["CUDA_LAUNCH_BLOCKING"] = "1"  # restored by conftest
     capture_process_facts(ctx)
     assert ctx.debug.launch_blocking
+
+
+@pytest.mark.parametrize("offset", [+25, -20])
+def test_debug_probe_times_the_forward_at_the_users_stack_depth(offset):
+    # Anomaly detection's cost grows with the stack depth of the forward: the probe must time the forward
+    # where the user's runs, whether that is deeper (Lightning) or shallower (a plain loop) than the probe.
+    from perfcallbacks.facts import _at_user_depth, stack_depth
+
+    model, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
+    timed: list[int] = []
+    user_depth = stack_depth() + offset
+
+    def measure(wrap, calibrate):
+        depths: list[int] = []
+        handle = model.register_forward_pre_hook(lambda m, a: depths.append(stack_depth()))
+        try:
+            wrap(lambda: model(x))()
+        finally:
+            handle.remove()
+        if not calibrate:
+            timed.extend(depths)
+
+    _, gap = _at_user_depth(model, user_depth, measure)
+    assert timed == [user_depth] and gap >= 0
