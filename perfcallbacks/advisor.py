@@ -32,6 +32,7 @@ from perfcallbacks.options import Options
 from perfcallbacks.process_state import ProcessState
 from perfcallbacks.observe import StepTimer, batch_stats
 from perfcallbacks.report import FixResult, Report, save_report_safely
+from perfcallbacks.run_facts import RunFacts, collect_run_facts
 
 log = logging.getLogger("perfcallbacks")
 
@@ -353,6 +354,13 @@ class Advisor:
                 log.debug("perfcallbacks: could not capture process facts", exc_info=True)
             if phase == "warmup":
                 self._sync_timings()
+            try:
+                ctx.facts = collect_run_facts(ctx)
+            except Exception as err:  # principle 1: the checks then see "unknown" facts
+                log.debug("perfcallbacks: could not collect run facts", exc_info=True)
+                ctx.facts = RunFacts()
+                self.check_failures.append({"check": "perfcallbacks.run_facts", "phase": phase,
+                                            "error": f"{type(err).__name__}: {err}"})
             for chk in checks_for(phase):
                 try:
                     result = chk.fn(ctx)

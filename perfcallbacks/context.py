@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from perfcallbacks.device import DeviceProfile
+from perfcallbacks.run_facts import RunFacts
 
 
 @dataclass
@@ -255,8 +256,10 @@ class RunContext:
     data_wait_times: list[float] = field(default_factory=list)
     epoch_first_waits: list[float] = field(default_factory=list)  # epoch start -> first batch, seconds
     inference: InferenceInfo = field(default_factory=InferenceInfo)
+    # Raw collection channels (adapters / probes write them); checks read their typed form in ``facts``.
     settings: dict[str, Any] = field(default_factory=dict)  # framework-specific (HF args, collator, ...)
     measurements: dict[str, Any] = field(default_factory=dict)  # probes run on the model
+    facts: RunFacts = field(default_factory=RunFacts)  # run_facts.collect_run_facts, before each phase's checks
     latency_budget_ms: float | None = None
     pad_token_id: int | None = None
     # Second-round facts (debug / distributed / compile / layout / attention checks).

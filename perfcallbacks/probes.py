@@ -425,7 +425,7 @@ def probe_int8(ctx: RunContext, model: nn.Module, batch: Any, forward_s: float =
     would decide, nothing is applied to the user's model.
     """
     from perfcallbacks.checks.inference import INT8_MIN_LINEAR_SHARE
-    from perfcallbacks.checks.model import is_quantized, linear_share
+    from perfcallbacks.model_facts import is_quantized, linear_share
 
     if ctx.param_dtype not in (None, "fp32") or is_quantized(model) or linear_share(model) < INT8_MIN_LINEAR_SHARE:
         return {}

@@ -11,16 +11,14 @@ and unaligned widths need masked tails; how much that costs was measured per
 ISA (constants below, ``benchmarks/impacts.md``). The fix proposes one width
 per offending size and names the layers (``767 -> 768 (model.0 out, ...)``).
 
-Settings read (``ctx.settings``, absent = unknown):
-    ``pad_to_multiple_of``: int or None (seq-len-unaligned stays quiet when it is a multiple of 8).
+Facts read: ``ctx.facts.model`` (GEMM layers with FLOP shares, the vocabulary projection, the
+widths the task fixes) and ``ctx.facts.hf.pad_to_multiple_of`` (seq-len-unaligned stays quiet when
+it is a multiple of 8).
 """
 
 from __future__ import annotations
 
-from torch import nn
-
 from perfcallbacks.checks.batch import observed_batches, typical_batch_size
-from perfcallbacks.checks.model import GemmLayer, gemm_layers, model_config
 from perfcallbacks.checks.precision import precision_dtypes
 from perfcallbacks.checks.registry import check, fix_text, nearest_multiples
 from perfcallbacks.context import RunContext
@@ -64,12 +62,6 @@ UNALIGNED_BATCH_SHARE = 0.5
 # Conv inputs with this few channels are images/audio (RGB = 3): nothing to round.
 INPUT_CHANNELS_MAX = 4
 
-# Embedding tables smaller than this are positions/segments/classes, not a vocabulary.
-MIN_VOCAB = 256
-
-_VOCAB_HEAD_NAMES = ("lm_head", "decoder", "output", "generator", "embed_out", "head")
-
-
 def compute_dtype(ctx: RunContext) -> str:
     """The dtype the GEMMs run in (or will, once tensor-cores-idle's advice is followed)."""
     used = precision_dtypes(ctx)
@@ -106,77 +98,9 @@ def _impact(share: float, slowdown: float) -> float:
     return 1.0 + share * (slowdown - 1.0)
 
 
-def vocab_projection(model: nn.Module | None) -> GemmLayer | None:
-    """The Linear that projects onto the vocabulary (LM head / tied embedding), or ``None``.
-
-    An encoder's input embedding alone is not one: only an output projection is.
-    """
-    if model is None:
-        return None
-    layers = {layer.name: layer for layer in gemm_layers(model)}
-    head = None
-    getter = getattr(model, "get_output_embeddings", None)
-    if callable(getter):
-        try:
-            head = getter()
-        except Exception:  # some models raise NotImplementedError
-            head = None
-    embed_weights = {id(m.weight): m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)
-                     and m.num_embeddings >= MIN_VOCAB}
-    vocab = getattr(model_config(model), "vocab_size", None)
-    for name, module in model.named_modules():
-        if name not in layers:
-            continue
-        if head is not None and module is head:
-            return layers[name]
-        weight = getattr(module, "weight", None)
-        tied = id(weight) in embed_weights
-        named_head = name.rsplit(".", 1)[-1] in _VOCAB_HEAD_NAMES
-        out = layers[name].out_dim
-        if tied or (named_head and (out == vocab or out in embed_weights.values())):
-            return layers[name]
-    return None
-
-
 def qualified(name: str) -> str:
     """A module name as the user writes it: ``model.classifier`` (``model`` for the root)."""
     return f"model.{name}" if name else "model"
-
-
-def task_fixed_sides(model: nn.Module | None, layers: list[GemmLayer] | None = None) -> dict[str, set[str]]:
-    """Layer name -> the sides (``"in"``/``"out"``) whose width the task or the data fixes.
-
-    Never asked to change: the output width of the model's final GEMM (classes,
-    regression targets), any output of ``config.num_labels`` width (HF heads),
-    and the input width of the first GEMM when no embedding precedes it (the
-    data's feature count). The vocabulary projection has its own hint.
-
-    Example::
-
-        >>> from torch import nn
-        >>> sorted(task_fixed_sides(nn.Sequential(nn.Linear(30, 767), nn.ReLU(), nn.Linear(767, 2))).items())
-        [('0', {'in'}), ('2', {'out'})]
-    """
-    if model is None:
-        return {}
-    layers = gemm_layers(model) if layers is None else layers
-    if not layers:
-        return {}
-    fixed: dict[str, set[str]] = {}
-    fixed.setdefault(layers[-1].name, set()).add("out")
-    labels = getattr(model_config(model), "num_labels", None)
-    if isinstance(labels, int) and labels > 0:
-        for layer in layers:
-            if layer.kind == "linear" and layer.out_dim == labels:
-                fixed.setdefault(layer.name, set()).add("out")
-    first = layers[0].name
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Embedding):
-            break  # token ids come in: the first GEMM reads the embedding width, a model choice
-        if name == first:
-            fixed.setdefault(first, set()).add("in")
-            break
-    return fixed
 
 
 def aligned_width(width: int, multiple: int) -> int:
@@ -194,11 +118,10 @@ def aligned_width(width: int, multiple: int) -> int:
 def dim_unaligned(ctx: RunContext) -> Hint | None:
     dtype = compute_dtype(ctx)
     multiple = ctx.profile.alignment_for(dtype)
-    if multiple <= 1 or ctx.model is None:
+    model = ctx.facts.model
+    if multiple <= 1 or not model.present:
         return None
-    vocab = vocab_projection(ctx.model)
-    layers = gemm_layers(ctx.model)
-    fixed = task_fixed_sides(ctx.model, layers)
+    vocab, layers, fixed = model.vocab_projection, model.layers, model.task_fixed
     offenders: dict[int, list[str]] = {}
     where: dict[int, list[str]] = {}
     share = 0.0
@@ -248,7 +171,7 @@ def dim_unaligned(ctx: RunContext) -> Hint | None:
 def vocab_unaligned(ctx: RunContext) -> Hint | None:
     if ctx.profile.alignment_for(compute_dtype(ctx)) <= 1:
         return None
-    head = vocab_projection(ctx.model)
+    head = ctx.facts.model.vocab_projection
     if head is None or head.out_dim % VOCAB_MULTIPLE == 0 or head.share < MIN_FLOP_SHARE:
         return None
     below, above = nearest_multiples(head.out_dim, VOCAB_MULTIPLE)
@@ -296,8 +219,8 @@ def batch_size_unaligned(ctx: RunContext) -> Hint | None:
 def seq_len_unaligned(ctx: RunContext) -> Hint | None:
     if not _matrix_accelerator(ctx):
         return None
-    multiple_set = ctx.settings.get("pad_to_multiple_of")
-    if isinstance(multiple_set, int) and multiple_set > 0 and multiple_set % TOKEN_DIM_MULTIPLE == 0:
+    multiple_set = ctx.facts.hf.pad_to_multiple_of
+    if multiple_set is not None and multiple_set > 0 and multiple_set % TOKEN_DIM_MULTIPLE == 0:
         return None
     lens = [b.seq_len for b in observed_batches(ctx) if b.seq_len]
     if not lens:

@@ -5,9 +5,8 @@
 ``num_workers`` alone: Lightning's own warning fires whenever ``num_workers < 2``
 even when data costs nothing, and users rightly ignore it.
 
-Measurements read (``ctx.measurements``, absent = unknown):
-    ``h2d_copy_s``: seconds per step spent copying the batch host -> device
-    (an adapter or probe may time ``batch.to(device)``).
+``pin-memory-off`` also reads ``ctx.facts.measured.h2d_copy_s``: seconds per step spent copying
+the batch host -> device (an adapter or probe may time ``batch.to(device)``; ``None`` = unknown).
 """
 
 from __future__ import annotations
@@ -103,9 +102,9 @@ def pin_memory_off(ctx: RunContext) -> Hint | None:
     if ctx.profile.kind != "cuda" or not ctx.judged_on_accelerator or ctx.loader is None or ctx.loader.pin_memory:
         return None
     step = ctx.median_step_s
-    copy = ctx.measurements.get("h2d_copy_s")
+    copy = ctx.facts.measured.h2d_copy_s
     measured = data_wait_ratio(ctx)
-    if isinstance(copy, (int, float)) and step:
+    if copy is not None and step:
         significant, share, basis = copy / step >= PIN_COPY_SHARE, copy / step, "h2d_copy_share"
     elif measured is not None:
         significant, share, basis = measured[2] >= PIN_WAIT_SHARE, measured[2], "data_wait_share"

@@ -11,8 +11,7 @@ MIN_STEPS = 2
 
 
 def _accumulation(ctx: RunContext) -> int:
-    lightning = ctx.settings.get("lightning") or {}
-    return int(lightning.get("accumulate_grad_batches") or ctx.settings.get("grad_accumulation") or 1)
+    return ctx.facts.lightning.accumulate_grad_batches or ctx.facts.hf.grad_accumulation or 1
 
 
 @check("ddp-find-unused", phases=("warmup",))

@@ -1,14 +1,12 @@
 """Inference checks: autograd/train mode in inference, int8, autocast, threads, repeated inputs.
 
 They read ``ctx.inference`` (how forwards ran), ``ctx.inference_batches``
-(with row hashes) and ``ctx.measurements``, written by
-:func:`perfcallbacks.probes.run_inference_probes` (or by a guarded fix)::
-
-    "threads":       {"current": 2, "latency_s": {"1": 0.031, "2": 0.018}}
-    "int8":          {"speedup": 1.37, "fidelity": {...},       # measured int8 vs fp32
-                      "status": "applied", "source": "fix"}     # guard outcome; "probe" = measured only
-    "autocast":      {"speedup": 1.9}                           # measured autocast vs fp32
-    "grad_overhead": 1.15                                       # forward with autograd / inference_mode
+(with row hashes), ``ctx.facts.model`` and ``ctx.facts.measured``
+(:class:`~perfcallbacks.run_facts.Measurements`, parsed from what
+:func:`perfcallbacks.probes.run_inference_probes` or a guarded fix measured):
+the thread sweep, int8 and autocast against fp32 (int8 with the guard's
+decision and whether it came from the probe or the fix), and the autograd
+overhead.
 
 A measured number always wins over an estimate: a measured int8 or autocast
 result that gains nothing silences its hint.
@@ -16,12 +14,12 @@ result that gains nothing silences its hint.
 
 from __future__ import annotations
 
-from perfcallbacks.checks.model import gemm_layers, is_quantized, linear_share
 from perfcallbacks.checks.precision import TENSOR_CORE_SPEEDUP, precision_dtypes
 from perfcallbacks.checks.registry import check, fix_text
 from perfcallbacks.context import RunContext
 from perfcallbacks.device import EMULATED, UNSUPPORTED
 from perfcallbacks.hints import REGISTRY, Hint
+from perfcallbacks.run_facts import Int8Measure
 
 # A measured fix must gain at least 5% (the guarded fixes' default margin).
 MEASURED_GAIN_MIN = 1.05
@@ -54,13 +52,6 @@ def _judged_on_cpu(ctx: RunContext) -> bool:
     return ctx.profile.kind == "cpu" if ctx.target else ctx.model_device == "cpu"
 
 
-def _measured_speedup(ctx: RunContext, key: str) -> float | None:
-    value = ctx.measurements.get(key)
-    if isinstance(value, dict):
-        value = value.get("speedup")
-    return float(value) if isinstance(value, (int, float)) and value > 0 else None
-
-
 @check("grad-in-inference", phases=("inference",))
 def grad_in_inference(ctx: RunContext) -> Hint | None:
     info = ctx.inference
@@ -77,7 +68,7 @@ def grad_in_inference(ctx: RunContext) -> Hint | None:
                    hf="do not call model.train() or torch.enable_grad() in evaluation/prediction code "
                       "(Trainer.evaluate/predict already run under torch.no_grad)",
                    torch="model.eval(); with torch.inference_mode(): outputs = model(batch)")
-    overhead = ctx.measurements.get("grad_overhead")
+    overhead = ctx.facts.measured.grad_overhead
     return REGISTRY["grad-in-inference"].make(
         ctx.phase,
         f"Inference forwards ran with {' and '.join(problems)} calls"
@@ -86,39 +77,34 @@ def grad_in_inference(ctx: RunContext) -> Hint | None:
         evidence={"calls": info.calls, "grad_enabled_calls": info.grad_enabled_calls,
                   "train_mode_calls": info.train_mode_calls, "stage": info.stage,
                   "grad_overhead_measured": overhead},
-        impact=overhead if isinstance(overhead, (int, float)) and overhead > 1 else None)
-
-
-def _int8_outcome(ctx: RunContext) -> dict:
-    value = ctx.measurements.get("int8")
-    return value if isinstance(value, dict) else {}
+        impact=overhead if overhead is not None and overhead > 1 else None)
 
 
 @check("int8-available", phases=("inference",))
 def int8_available(ctx: RunContext) -> Hint | None:
     """int8 dynamic quantization would speed up CPU inference (measured when possible).
 
-    After ``auto_apply`` applied int8 (``measurements["int8"]`` from the fix with
+    After ``auto_apply`` applied int8 (``facts.measured.int8`` from the fix with
     ``status == "applied"``) the opportunity is taken: the hint does not fire and
     the report's ``fixes`` entry carries the measured speedup and fidelity (a user
     reads ``hints`` as what is still open). A guard that measured int8 faster but
     rejected it (outputs beyond tolerance, or the task guard) silences the hint too:
     the measurement says int8 is not safe for this model.
     """
-    outcome = _int8_outcome(ctx)
-    if outcome.get("status") == "applied" and outcome.get("source") == "fix":
+    outcome, model = ctx.facts.measured.int8 or Int8Measure(), ctx.facts.model
+    measured = outcome.speedup
+    if outcome.status == "applied" and outcome.source == "fix":
         return None
-    if outcome.get("status") == "rejected" and (_measured_speedup(ctx, "int8") or 0) >= MEASURED_GAIN_MIN:
+    if outcome.status == "rejected" and (measured or 0) >= MEASURED_GAIN_MIN:
         return None
     if not _judged_on_cpu(ctx) or ctx.profile.supports("int8_dynamic") in (EMULATED, UNSUPPORTED):
         return None
-    if ctx.model is None or ctx.param_dtype not in (None, "fp32") or is_quantized(ctx.model):
+    if not model.present or ctx.param_dtype not in (None, "fp32") or model.quantized:
         return None
-    share = linear_share(ctx.model)
+    share = model.linear_share
     if share < INT8_MIN_LINEAR_SHARE:
         return None
-    measured = _measured_speedup(ctx, "int8")
-    linear_params = sum(layer.flops for layer in gemm_layers(ctx.model) if layer.kind == "linear")
+    linear_params = model.linear_params
     if measured is not None:
         if measured < MEASURED_GAIN_MIN:
             return None
@@ -138,7 +124,6 @@ def int8_available(ctx: RunContext) -> Hint | None:
                          "expected_batches=len(loader)) (decides int8 on the job's own batches; the fp32 model "
                          "answers unless int8 is faster and faithful), or "
                          "perfcallbacks.quantize_for_export(model, path, example_inputs=batch)")
-    int8 = outcome
     return REGISTRY["int8-available"].make(
         ctx.phase,
         f"CPU inference of an fp32 model whose Linear layers hold {share:.0%} of the GEMM FLOPs: int8 dynamic "
@@ -146,7 +131,7 @@ def int8_available(ctx: RunContext) -> Hint | None:
         fix,
         evidence={"linear_flop_share": round(share, 4), "linear_params": linear_params,
                   "int8_support": ctx.profile.supports("int8_dynamic"), "measured_speedup": measured,
-                  "fidelity": int8.get("fidelity")},
+                  "fidelity": outcome.fidelity},
         impact=impact)
 
 
@@ -156,11 +141,11 @@ def autocast_available(ctx: RunContext) -> Hint | None:
     if not ctx.judged_on_accelerator or not profile.is_accelerator:
         return None
     dtype = profile.fast_autocast_dtype()
-    if dtype is None or ctx.model is None or ctx.param_dtype not in (None, "fp32"):
+    if dtype is None or not ctx.facts.model.present or ctx.param_dtype not in (None, "fp32"):
         return None
     if precision_dtypes(ctx) or ctx.inference.autocast_calls:
         return None
-    measured = _measured_speedup(ctx, "autocast")
+    measured = ctx.facts.measured.autocast_speedup
     if measured is not None and measured < MEASURED_GAIN_MIN:
         return None
     impact = measured if measured is not None else (TENSOR_CORE_SPEEDUP if profile.has_matrix_units else None)
@@ -193,17 +178,11 @@ def threads_untuned(ctx: RunContext) -> Hint | None:
     """
     from perfcallbacks.probes import plausible_ratio
 
-    measure = ctx.measurements.get("threads")
-    if not isinstance(measure, dict) or ctx.judged_on_accelerator:
+    measure = ctx.facts.measured.threads
+    if measure is None or ctx.judged_on_accelerator:
         return None
-    latency = {}
-    for key, value in (measure.get("latency_s") or {}).items():
-        try:
-            if float(value) > 0:
-                latency[int(key)] = float(value)
-        except (TypeError, ValueError):
-            continue
-    current = measure.get("current")
+    latency = dict(measure.latency_s)
+    current = measure.current
     if current not in latency:
         return None
     cores = ctx.local.physical_cores or (ctx.threads.physical_cores if ctx.threads else None) or max(latency)
@@ -226,7 +205,7 @@ def threads_untuned(ctx: RunContext) -> Hint | None:
         fix,
         evidence={"current_threads": current, "best_threads": best,
                   "latency_ms": {str(k): float(f"{v * 1e3:.4g}") for k, v in sorted(latency.items())},
-                  "dropped_as_implausible": measure.get("dropped")},
+                  "dropped_as_implausible": measure.dropped},
         impact=gain)
 
 

@@ -38,7 +38,7 @@ def _judged_on_cpu(ctx: RunContext) -> bool:
 @check("tensor-cores-idle", phases=("setup",))
 def tensor_cores_idle(ctx: RunContext) -> Hint | None:
     profile = ctx.profile
-    if not profile.is_fast("tensor_cores") or ctx.model is None:
+    if not profile.is_fast("tensor_cores") or not ctx.facts.model.present:
         return None
     if precision_dtypes(ctx) or ctx.param_dtype not in (None, "fp32"):
         return None
@@ -113,9 +113,7 @@ def _uses_fp8(ctx: RunContext) -> bool:
     precision = str(ctx.precision or "").lower()
     if "fp8" in precision or "transformer-engine" in precision:
         return True
-    if ctx.model is None:
-        return False
-    return any(type(m).__module__.startswith(("torchao.float8", "transformer_engine")) for m in ctx.model.modules())
+    return ctx.facts.model.fp8_modules
 
 
 def _tokens_per_step(ctx: RunContext) -> int | None:
@@ -125,12 +123,11 @@ def _tokens_per_step(ctx: RunContext) -> int | None:
 
 @check("fp8-eligible", phases=("warmup",))
 def fp8_eligible(ctx: RunContext) -> Hint | None:
-    from perfcallbacks.checks.model import gemm_layers
-
     profile = ctx.profile
-    if profile.supports("fp8") != FAST or not ctx.judged_on_accelerator or ctx.model is None or _uses_fp8(ctx):
+    if profile.supports("fp8") != FAST or not ctx.judged_on_accelerator or not ctx.facts.model.present \
+            or _uses_fp8(ctx):
         return None
-    layers = gemm_layers(ctx.model)
+    layers = ctx.facts.model.layers
     eligible = [l for l in layers if l.kind == "linear"
                 and min(l.in_dim, l.out_dim) >= FP8_BREAK_EVEN_DIM]
     share = sum(l.share for l in eligible)
