@@ -336,46 +336,55 @@ class Advisor:
         A check that raises becomes a DEBUG log line and an entry in
         ``check_failures``; the others still run.
         """
+        with self.timed():
+            self._gather_facts(phase)
+            new = self._judge(phase)
+        self.emit_warnings(new)
+        return new
+
+    def _gather_facts(self, phase: str) -> None:
+        """Everything the checks read, read once: process facts, timings, then the typed run facts."""
+        ctx = self.context
+        ctx.phase = phase
+        try:
+            ctx.matmul_precision = torch.get_float32_matmul_precision()
+        except RuntimeError:  # mixed legacy allow_tf32 and the new API: torch cannot say
+            log.debug("perfcallbacks: float32 matmul precision unreadable", exc_info=True)
+        if ctx.threads is None:
+            self.capture_threads()
+        try:
+            capture_process_facts(ctx, ctx.model)
+        except Exception:  # principle 1
+            log.debug("perfcallbacks: could not capture process facts", exc_info=True)
+        if phase == "warmup":
+            self._sync_timings()
+        try:
+            ctx.facts = collect_run_facts(ctx)
+        except Exception as err:  # principle 1: the checks then see "unknown" facts
+            log.debug("perfcallbacks: could not collect run facts", exc_info=True)
+            ctx.facts = RunFacts()
+            self.check_failures.append({"check": "perfcallbacks.run_facts", "phase": phase,
+                                        "error": f"{type(err).__name__}: {err}"})
+
+    def _judge(self, phase: str) -> list[Hint]:
+        """Run the phase's checks on the gathered context: record failures, split off suppressed hints."""
         from perfcallbacks.checks import checks_for
 
         new: list[Hint] = []
-        with self.timed():
-            ctx = self.context
-            ctx.phase = phase
+        for chk in checks_for(phase):
             try:
-                ctx.matmul_precision = torch.get_float32_matmul_precision()
-            except RuntimeError:  # mixed legacy allow_tf32 and the new API: torch cannot say
-                log.debug("perfcallbacks: float32 matmul precision unreadable", exc_info=True)
-            if ctx.threads is None:
-                self.capture_threads()
-            try:
-                capture_process_facts(ctx, ctx.model)
-            except Exception:  # principle 1
-                log.debug("perfcallbacks: could not capture process facts", exc_info=True)
-            if phase == "warmup":
-                self._sync_timings()
-            try:
-                ctx.facts = collect_run_facts(ctx)
-            except Exception as err:  # principle 1: the checks then see "unknown" facts
-                log.debug("perfcallbacks: could not collect run facts", exc_info=True)
-                ctx.facts = RunFacts()
-                self.check_failures.append({"check": "perfcallbacks.run_facts", "phase": phase,
+                result = chk.fn(self.context)
+            except Exception as err:  # principle 1: a check never breaks the run
+                log.debug("perfcallbacks: check %s failed", chk.name, exc_info=True)
+                self.check_failures.append({"check": chk.name, "phase": phase,
                                             "error": f"{type(err).__name__}: {err}"})
-            for chk in checks_for(phase):
-                try:
-                    result = chk.fn(ctx)
-                except Exception as err:  # principle 1: a check never breaks the run
-                    log.debug("perfcallbacks: check %s failed", chk.name, exc_info=True)
-                    self.check_failures.append({"check": chk.name, "phase": phase,
-                                                "error": f"{type(err).__name__}: {err}"})
-                    continue
-                for hint in _as_list(result):
-                    if hint.id in self.suppress:
-                        hint.suppressed = True  # kept in the report, marked; never warned or tabled
-                        self.suppressed_hints.put(hint)
-                    elif self.hints.put(hint):
-                        new.append(hint)
-        self.emit_warnings(new)
+                continue
+            for hint in _as_list(result):
+                if hint.id in self.suppress:
+                    hint.suppressed = True  # kept in the report, marked; never warned or tabled
+                    self.suppressed_hints.put(hint)
+                elif self.hints.put(hint):
+                    new.append(hint)
         return new
 
     def emit_warnings(self, hints: Iterable[Hint]) -> None:
