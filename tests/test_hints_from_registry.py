@@ -79,3 +79,21 @@ def test_suppress_keeps_it_out_of_the_open_hints(hint_id, suppressed):
     assert (hint_id in adv.suppressed_hints) is suppressed
     if suppressed:
         assert adv.suppressed_hints[hint_id].suppressed
+
+
+@pytest.mark.parametrize("hint_id", IDS)
+def test_fired_hint_carries_the_evidence_its_spec_promises(hint_id):
+    fixture = _fixture(hint_id)
+    ctx = fixture.fire()
+    ctx.phase = fixture.phase
+    (hint,) = _hints(hint_id, CHECK_OF[hint_id].fn(ctx))
+    missing = [key for key in REGISTRY[hint_id].evidence if key not in hint.evidence]
+    assert not missing, f"{hint_id!r} promises evidence keys it did not produce: {missing}"
+
+
+def test_fix_ids_on_specs_agree_with_fix_resolves():
+    from perfcallbacks.report import FIX_RESOLVES
+
+    by_spec = {(spec.fix_id, hint_id) for hint_id, spec in REGISTRY.items() if spec.fix_id}
+    by_report = {(fix_id, hint_id) for fix_id, entries in FIX_RESOLVES.items() for hint_id, _ in entries}
+    assert by_spec == by_report
