@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import torch
 from torch import nn
 
 # Embedding tables smaller than this are positions/segments/classes, not a vocabulary.
@@ -76,18 +77,40 @@ def linear_share(model: nn.Module | None) -> float:
     return sum(layer.share for layer in gemm_layers(model) if layer.kind == "linear")
 
 
-def is_quantized(model: nn.Module | None) -> bool:
-    """True when the model already holds quantized layers (torch.ao, torchao) or int8 weights."""
+# Packages whose modules hold quantized weights (torch.ao, bitsandbytes, torchao, quanto, GPTQ, AWQ).
+_QUANTIZED_PACKAGES = ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized",
+                       "bitsandbytes", "torchao", "optimum.quanto", "auto_gptq", "awq")
+
+
+def quantized_reason(model: nn.Module | None) -> str | None:
+    """Why ``model`` already counts as quantized (a short reason), or ``None``.
+
+    The one test shared by the ``int8-available`` hint and the int8 fix, so they never disagree.
+
+    Example::
+
+        >>> from torch import nn
+        >>> quantized_reason(nn.Linear(4, 4)) is None
+        True
+    """
     if model is None:
-        return False
-    if any(_is_quantized_class(module) for module in model.modules()):
-        return True
-    for param in model.parameters():
-        if not param.is_floating_point():
-            return True
-        if "torchao" in type(param.data).__module__:  # torchao tensor subclasses
-            return True
-    return False
+        return None
+    for name, module in model.named_modules():
+        if _is_quantized_class(module) or type(module).__module__.startswith(_QUANTIZED_PACKAGES):
+            return f"module {name or '<root>'} is {type(module).__name__}"
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        # A parameter is never an integer tensor unless quantized; integer buffers (position ids) are common.
+        is_param = isinstance(tensor, nn.Parameter)
+        if tensor.is_quantized or "torchao" in type(tensor).__module__ or "torchao" in type(tensor.data).__module__ \
+                or (is_param and not tensor.is_floating_point()) \
+                or (name.endswith("weight") and tensor.dtype in (torch.int8, torch.uint8)):
+            return f"tensor {name} is already quantized ({type(tensor).__name__}, {tensor.dtype})"
+    return None
+
+
+def is_quantized(model: nn.Module | None) -> bool:
+    """True when the model already holds quantized layers (torch.ao, torchao, ...) or int8 weights."""
+    return quantized_reason(model) is not None
 
 
 def model_config(model: Any) -> Any:
