@@ -136,6 +136,30 @@ class InferenceInfo:
     stage: str | None = None
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A warm-up probe's result, typed: median seconds per forward+backward of the run as it is
+    (``baseline_s``) and with the change (``variant_s``), or why it was not measured."""
+
+    speedup: float | None = None
+    baseline_s: float | None = None
+    variant_s: float | None = None
+    not_measured: str | None = None  # the probe's "skipped" or "error" reason
+
+    @classmethod
+    def from_probe(cls, measured: dict[str, Any], baseline: str, variant: str) -> Comparison:
+        """Read a probe's dict (``facts._probe_*`` writes it) once, here, so checks use no key strings."""
+        def seconds(key: str) -> float | None:
+            value = measured.get(key)
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+        speedup = measured.get("speedup")
+        reason = measured.get("skipped") or measured.get("error")
+        return cls(speedup=float(speedup) if isinstance(speedup, (int, float)) and not isinstance(speedup, bool)
+                   else None, baseline_s=seconds(baseline), variant_s=seconds(variant),
+                   not_measured=str(reason) if reason else None)
+
+
 @dataclass
 class DebugFacts:
     """Debugging modes that slow every step, read from the process (and the framework's own switches)."""
@@ -148,6 +172,17 @@ class DebugFacts:
     cudnn_benchmark: bool | None = None
     sources: dict[str, str] = field(default_factory=dict)  # setting -> where it came from (framework argument)
     measured: dict[str, Any] = field(default_factory=dict)  # setting -> {"with_s", "without_s", ...}
+
+    @property
+    def probe(self) -> Comparison:
+        """The anomaly / determinism cost probe: ``baseline_s`` with the modes on, ``variant_s`` without."""
+        return Comparison.from_probe(self.measured, "with_s", "without_s")
+
+    @property
+    def probed_modes(self) -> list[str]:
+        """The modes the probe switched off to measure their cost (empty without a measurement)."""
+        modes = self.measured.get("modes") if self.measured.get("with_s") is not None else None
+        return list(modes) if isinstance(modes, (list, tuple)) else []
 
 
 @dataclass
@@ -189,6 +224,17 @@ class CompileFacts:
     unique_graphs: int | None = None
     baseline: dict[str, Any] = field(default_factory=dict)  # counters when observation began
 
+    @property
+    def recompile_reasons(self) -> list[str]:
+        """Each recompilation's failed guard, in order."""
+        return [str(r.get("reason", "")) for r in self.recompiles]
+
+    @property
+    def recompile_seconds(self) -> list[float]:
+        """Compile time of the recompilations that recorded one."""
+        return [float(r["compile_s"]) for r in self.recompiles
+                if isinstance(r.get("compile_s"), (int, float)) and not isinstance(r.get("compile_s"), bool)]
+
 
 @dataclass
 class LayoutFacts:
@@ -201,6 +247,11 @@ class LayoutFacts:
     input_shapes: list[tuple[int, ...]] = field(default_factory=list)  # 4-D inputs seen during warm-up
     measured: dict[str, Any] = field(default_factory=dict)  # channels_last probe
 
+    @property
+    def probe(self) -> Comparison:
+        """channels_last measured against contiguous (baseline) on a real batch."""
+        return Comparison.from_probe(self.measured, "contiguous_s", "channels_last_s")
+
 
 @dataclass
 class AttentionFacts:
@@ -211,6 +262,11 @@ class AttentionFacts:
     model_class: str | None = None
     eager_modules: list[str] = field(default_factory=list)  # modules whose forward computes softmax(q k^T) v
     measured: dict[str, Any] = field(default_factory=dict)  # SDPA probe
+
+    @property
+    def probe(self) -> Comparison:
+        """SDPA measured against eager attention (baseline) on a real batch."""
+        return Comparison.from_probe(self.measured, "eager_s", "sdpa_s")
 
 
 @dataclass

@@ -32,11 +32,11 @@ def compile_recompiles(ctx: RunContext) -> Hint | None:
     facts = ctx.compile
     if facts is None or not facts.compiled or len(facts.recompiles) < MIN_RECOMPILES:
         return None
-    reasons = [_short(r["reason"]) for r in facts.recompiles]
+    reasons = [_short(r) for r in facts.recompile_reasons]
     sizes = sorted({int(v) for r in reasons for pair in _SIZE.findall(r) for v in pair})
     lengths = sorted({b.seq_len for b in (ctx.batches if ctx.phase == "warmup" else ctx.inference_batches)
                       if b.seq_len is not None})
-    seconds = [r.get("compile_s") for r in facts.recompiles if isinstance(r.get("compile_s"), (int, float))]
+    seconds = facts.recompile_seconds
     fix = fix_text(ctx,
                    lightning="torch.compile(model, dynamic=True) (or torch._dynamo.mark_dynamic(input_ids, 1) in "
                              "training_step); pad to a multiple: DataCollatorWithPadding(tokenizer, "

@@ -71,7 +71,8 @@ def debug_mode_on(ctx: RunContext) -> Hint | None:
     if not modes:
         return None
     debug = ctx.debug
-    measured = debug.measured if debug.measured.get("with_s") is not None else {}
+    probe = debug.probe
+    measured, probed = probe.baseline_s is not None, debug.probed_modes
     step = ctx.median_step_s
     evidence: dict = {"modes": modes, "sources": {m: debug.sources[m] for m in modes if m in debug.sources}}
     if debug.profiler:
@@ -80,11 +81,11 @@ def debug_mode_on(ctx: RunContext) -> Hint | None:
         evidence["sync_debug_mode"] = debug.sync_debug_mode
     impact = share = None
     # Measured on this machine: meaningful for the run's own device, not for a different target.
-    local_measure = bool(measured) and (ctx.target is None or ctx.target.kind == ctx.local.kind)
+    local_measure = measured and (ctx.target is None or ctx.target.kind == ctx.local.kind)
     if measured:
-        with_s, without_s = float(measured["with_s"]), float(measured["without_s"])
+        with_s, without_s = float(probe.baseline_s), float(probe.variant_s)  # type: ignore[arg-type]
         extra = max(0.0, with_s - without_s)
-        evidence.update({"measured_modes": measured.get("modes", []), "probe_with_ms": round(with_s * 1e3, 3),
+        evidence.update({"measured_modes": probed, "probe_with_ms": round(with_s * 1e3, 3),
                          "probe_without_ms": round(without_s * 1e3, 3), "extra_ms_per_step": round(extra * 1e3, 3)})
         if step:
             share = extra / step
@@ -96,7 +97,7 @@ def debug_mode_on(ctx: RunContext) -> Hint | None:
                              "estimated_step_slowdown": round(impact, 3)})
         else:
             impact = with_s / max(without_s, 1e-12)
-    unmeasured = [m for m in modes if m not in measured.get("modes", [])]
+    unmeasured = [m for m in modes if m not in probed]
     if local_measure and share is not None and share < MIN_MEASURED_SHARE and not unmeasured:
         return None  # the run shows the mode costs nothing here
     loud = {"anomaly", "launch_blocking", "sync_debug_mode", "profiler"}
@@ -111,8 +112,8 @@ def debug_mode_on(ctx: RunContext) -> Hint | None:
     elif measured:
         cost = " Its cost was measured on this machine only; on the target device it is not known."
         impact = None
-    elif debug.measured.get("skipped") or debug.measured.get("error"):
-        reason = debug.measured.get("skipped") or debug.measured.get("error")
+    elif probe.not_measured:
+        reason = probe.not_measured
         evidence["not_measured"] = reason
         cost = f" Not measured: {reason}."
     else:

@@ -20,16 +20,17 @@ def channels_last_off(ctx: RunContext) -> Hint | None:
         return None
     if layout.weights_channels_last:
         return None
-    speedup = layout.measured.get("speedup")
+    probe = layout.probe
+    speedup = probe.speedup
     cross_target = ctx.target is not None and ctx.target.kind != ctx.local.kind
     evidence = {"conv2d_layers": layout.conv2d_layers, "conv2d_flop_share": round(layout.conv2d_share, 4),
                 "input_shape": list(layout.input_shapes[0]) if layout.input_shapes else None,
                 "inputs_channels_last": layout.inputs_channels_last}
-    if isinstance(speedup, (int, float)) and not cross_target:
+    if speedup is not None and not cross_target:
         if speedup < MIN_SPEEDUP:
             return None  # measured: channels_last does not pay on this device
-        evidence.update({"contiguous_step_ms": round(layout.measured["contiguous_s"] * 1e3, 3),
-                         "channels_last_step_ms": round(layout.measured["channels_last_s"] * 1e3, 3),
+        evidence.update({"contiguous_step_ms": round(probe.baseline_s * 1e3, 3),  # type: ignore[operator]
+                         "channels_last_step_ms": round(probe.variant_s * 1e3, 3),  # type: ignore[operator]
                          "measured_speedup": round(speedup, 3), "measured_on": ctx.local.name,
                          "measured": "forward+backward on a real batch"})
         measured = f"channels_last measured {speedup:.2f}x faster on a real batch (forward+backward)"

@@ -32,21 +32,22 @@ def attention_eager(ctx: RunContext) -> Hint | None:
 def _hf_eager(ctx: RunContext) -> Hint | None:
     attn = ctx.attention
     assert attn is not None
-    speedup = attn.measured.get("speedup")
+    probe = attn.probe
+    speedup = probe.speedup
     cross_target = ctx.target is not None and ctx.target.kind != ctx.local.kind
     evidence = {"model_class": attn.model_class, "attn_implementation": "eager", "supports_sdpa": True}
-    if isinstance(speedup, (int, float)) and not cross_target:
+    if speedup is not None and not cross_target:
         if speedup < MIN_SPEEDUP:
             return None  # measured: SDPA does not pay here
-        evidence.update({"eager_step_ms": round(attn.measured["eager_s"] * 1e3, 3),
-                         "sdpa_step_ms": round(attn.measured["sdpa_s"] * 1e3, 3),
+        evidence.update({"eager_step_ms": round(probe.baseline_s * 1e3, 3),  # type: ignore[operator]
+                         "sdpa_step_ms": round(probe.variant_s * 1e3, 3),  # type: ignore[operator]
                          "measured_speedup": round(speedup, 3), "measured_on": ctx.local.name,
                          "measured": "forward+backward on a real batch"})
         measured = f"SDPA measured {speedup:.2f}x faster on a real batch (forward+backward)"
         impact, severity = speedup, ("warning" if speedup >= WARNING_SPEEDUP else "info")
     else:
-        if "skipped" in attn.measured or "error" in attn.measured:
-            evidence["not_measured"] = attn.measured.get("skipped") or attn.measured.get("error")
+        if probe.not_measured:
+            evidence["not_measured"] = probe.not_measured
         measured = "not measured here; BERT-class training is 12-35% faster with SDPA on GPUs"
         impact, severity = None, "warning" if ctx.judged_on_accelerator else "info"
     fix = fix_text(ctx,
