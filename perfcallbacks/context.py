@@ -7,6 +7,7 @@ hand (with a preset ``DeviceProfile``) to exercise checks without hardware.
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -92,8 +93,8 @@ class LoaderInfo:
             persistent_workers=bool(getattr(loader, "persistent_workers", False)),
             has_len=has_len,
             iterable_dataset=isinstance(dataset, torch.utils.data.IterableDataset),
-            collate_fn=_qualname(collate),
-            sampler=_qualname(sampler),
+            collate_fn=qualified_name(collate),
+            sampler=qualified_name(sampler),
             drop_last=bool(getattr(loader, "drop_last", False)),
         )
 
@@ -334,6 +335,11 @@ class RunContext:
         return self.target or self.local
 
     @property
+    def judged_on_cpu(self) -> bool:
+        """True when the run is (or is planned to be) on a CPU."""
+        return self.profile.kind == "cpu" if self.target else self.model_device == "cpu"
+
+    @property
     def judged_on_accelerator(self) -> bool:
         """True when the run is (or is planned to be) on an accelerator."""
         return self.profile.is_accelerator if self.target else self.model_device != "cpu"
@@ -364,17 +370,28 @@ def dominant_param_dtype(model: nn.Module | None) -> str | None:
 
 
 def model_device_kind(model: nn.Module | None) -> str:
-    if model is None:
-        return "cpu"
-    for tensor in [*model.parameters(), *model.buffers()]:
-        return tensor.device.type
-    return "cpu"
+    """``"cpu"`` / ``"cuda"`` / ...: the kind of :func:`perfcallbacks.model_facts.model_device`."""
+    from perfcallbacks.model_facts import model_device
+
+    return model_device(model).type
 
 
-def _qualname(obj: Any) -> str | None:
+def qualified_name(obj: Any) -> str | None:
+    """``module.QualName`` of a class, an instance or a plain function; ``None`` for ``None``.
+
+    A ``functools.partial`` is named after the function it wraps.
+
+    Example::
+
+        >>> import functools
+        >>> qualified_name(functools.partial(dominant_param_dtype)), qualified_name(nn.Linear(1, 1))
+        ('perfcallbacks.context.dominant_param_dtype', 'torch.nn.modules.linear.Linear')
+    """
     if obj is None:
         return None
-    cls = obj if isinstance(obj, type) else type(obj)
-    if callable(obj) and hasattr(obj, "__qualname__") and not isinstance(obj, type) and type(obj).__name__ == "function":
-        return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
+    if isinstance(obj, functools.partial):
+        obj = obj.func
+    if isinstance(obj, type) or getattr(type(obj), "__name__", "") == "function":
+        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+    cls = type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"

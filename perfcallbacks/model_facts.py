@@ -38,6 +38,25 @@ class GemmLayer:
     share: float  # of all Linear/Conv FLOPs in the model
 
 
+def model_device(model: nn.Module | None) -> torch.device:
+    """Where ``model`` lives: its first parameter's device, else its first buffer's, else the CPU.
+
+    The one "device of a model" in the package (checks, probes, fixes and helpers).
+
+    Example::
+
+        >>> from torch import nn
+        >>> model_device(nn.Linear(2, 2)).type, model_device(None).type
+        ('cpu', 'cpu')
+    """
+    if model is not None:
+        for tensor in model.parameters():
+            return tensor.device
+        for tensor in model.buffers():
+            return tensor.device
+    return torch.device("cpu")
+
+
 def gemm_layers(model: nn.Module | None) -> list[GemmLayer]:
     """Every Linear / Conv layer of ``model`` with its share of the Linear+Conv FLOPs.
 
@@ -130,9 +149,31 @@ def _first_positive_int(config: Any, keys: tuple[str, ...]) -> int | None:
     return None
 
 
-def hidden_size(model: Any) -> int | None:
-    """Transformer hidden size from ``model.config`` when known."""
-    return _first_positive_int(model_config(model), ("hidden_size", "d_model", "n_embd", "dim"))
+_HIDDEN_KEYS = ("hidden_size", "d_model", "n_embd", "dim")
+
+
+def hidden_size(model: Any, *, deep: bool = False) -> int | None:
+    """Transformer hidden size from ``model.config`` (:func:`model_config`) when known.
+
+    ``deep=True`` also reads the config of the first submodule carrying one (an HF model held
+    anywhere inside a wrapper), as output comparisons need.
+
+    Example::
+
+        >>> from types import SimpleNamespace
+        >>> from torch import nn
+        >>> wrapper = nn.Sequential(nn.Linear(2, 2))
+        >>> wrapper[0].config = SimpleNamespace(hidden_size=384)
+        >>> hidden_size(wrapper), hidden_size(wrapper, deep=True)
+        (None, 384)
+    """
+    found = _first_positive_int(model_config(model), _HIDDEN_KEYS)
+    if found is None and deep and isinstance(model, nn.Module):
+        for module in model.modules():
+            found = _first_positive_int(getattr(module, "config", None), _HIDDEN_KEYS)
+            if found is not None:
+                break
+    return found
 
 
 def num_layers(model: Any) -> int | None:

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from perfcallbacks.context import RunContext
+from perfcallbacks.model_facts import model_device
 
 log = logging.getLogger(__name__)
 
@@ -277,9 +278,7 @@ def _batch_size(batch: Any) -> int | None:
 
 
 def _on_cpu(model: nn.Module) -> bool:
-    from perfcallbacks.context import model_device_kind
-
-    return model_device_kind(model) == "cpu"
+    return model_device(model).type == "cpu"
 
 
 def _deadline(deadline: Deadline | None) -> Deadline:

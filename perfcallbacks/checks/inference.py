@@ -48,10 +48,6 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms"
 
 
-def _judged_on_cpu(ctx: RunContext) -> bool:
-    return ctx.profile.kind == "cpu" if ctx.target else ctx.model_device == "cpu"
-
-
 @check("grad-in-inference", phases=("inference",))
 def grad_in_inference(ctx: RunContext) -> Hint | None:
     info = ctx.inference
@@ -97,7 +93,7 @@ def int8_available(ctx: RunContext) -> Hint | None:
         return None
     if outcome.status == "rejected" and (measured or 0) >= MEASURED_GAIN_MIN:
         return None
-    if not _judged_on_cpu(ctx) or ctx.profile.supports("int8_dynamic") in (EMULATED, UNSUPPORTED):
+    if not ctx.judged_on_cpu or ctx.profile.supports("int8_dynamic") in (EMULATED, UNSUPPORTED):
         return None
     if not model.present or ctx.param_dtype not in (None, "fp32") or model.quantized:
         return None

@@ -31,10 +31,6 @@ def precision_dtypes(ctx: RunContext) -> set[str]:
     return used
 
 
-def _judged_on_cpu(ctx: RunContext) -> bool:
-    return ctx.profile.kind == "cpu" if ctx.target else ctx.model_device == "cpu"
-
-
 @check("tensor-cores-idle", phases=("setup",))
 def tensor_cores_idle(ctx: RunContext) -> Hint | None:
     profile = ctx.profile
@@ -68,7 +64,7 @@ def tensor_cores_idle(ctx: RunContext) -> Hint | None:
 
 @check("half-on-cpu", phases=("setup", "inference"))
 def half_on_cpu(ctx: RunContext) -> Hint | None:
-    if not _judged_on_cpu(ctx) or "fp16" not in precision_dtypes(ctx) or ctx.profile.is_fast("fp16"):
+    if not ctx.judged_on_cpu or "fp16" not in precision_dtypes(ctx) or ctx.profile.is_fast("fp16"):
         return None
     fix = fix_text(ctx, lightning='Trainer(precision="32-true") on CPU',
                    hf="TrainingArguments(fp16=False) on CPU",
