@@ -13,11 +13,12 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from torch import nn
-
+from perfcallbacks._lazy import lazy_module
 from perfcallbacks.device import DeviceProfile
 from perfcallbacks.run_facts import RunFacts
+
+torch = lazy_module("torch")  # loads on first use: the checks import this module (see _lazy)
+nn = lazy_module("torch.nn")
 
 
 @dataclass
@@ -299,7 +300,7 @@ class RunContext:
     param_dtype: str | None = None  # "fp32" / "fp16" / "bf16" (dominant dtype of parameters)
     autocast_dtype: str | None = None  # dtype used under autocast in training, if any
     precision: str | None = None  # framework precision string ("32-true", "bf16-mixed", "fp16", ...)
-    matmul_precision: str = field(default_factory=torch.get_float32_matmul_precision)
+    matmul_precision: str = field(default_factory=lambda: torch.get_float32_matmul_precision())
     devices_used: int = 1
     world_size: int = 1
     local_world_size: int = 1

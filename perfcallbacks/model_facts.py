@@ -17,8 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
-from torch import nn
+from perfcallbacks._lazy import lazy_module
+
+torch = lazy_module("torch")  # loads on first use: the checks import this module (see _lazy)
+nn = lazy_module("torch.nn")
 
 # Embedding tables smaller than this are positions/segments/classes, not a vocabulary.
 MIN_VOCAB = 256
