@@ -1,4 +1,4 @@
-"""Hints: the result type, and the one registry of every hint id with its docs.
+"""Hints: the result type, the spec type, and the registry of every hint id with its docs.
 
 Ids are API (used in ``suppress``, tests and reports): never rename or remove
 one. Each registry entry documents *what* fires it, *why* it costs time and the
@@ -7,8 +7,9 @@ one. Each registry entry documents *what* fires it, *why* it costs time and the
 
 from __future__ import annotations
 
+import importlib
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -167,196 +168,50 @@ class HintSpec:
         )
 
 
-_SPECS = [
-    HintSpec(id='gpu-unused', category='device', severity='critical',
-             title='An accelerator is available but the run is on CPU',
-             what='Fires when CUDA/MPS/XPU devices are visible to the process but the model and batches are on the CPU.',
-             why='A GPU is typically 10-100x faster than a CPU for dense training; leaving it idle wastes the hardware.',
-             fix='Lightning: Trainer(accelerator="auto"); HF: do not set use_cpu=True; plain PyTorch: model.to("cuda").',
-             evidence=('accelerators', 'accelerator_name', 'model_device')),
-    HintSpec(id='gpus-idle', category='device', severity='warning',
-             title='More accelerators are visible than the run uses',
-             what='Fires when the run uses fewer accelerators than the machine exposes.',
-             why='Idle GPUs are throughput left on the table: data parallelism scales nearly linearly for most models.',
-             fix='Lightning: Trainer(devices="auto", strategy="ddp"); HF: launch with torchrun --nproc_per_node N or accelerate launch.',
-             evidence=('devices_used', 'devices_visible')),
-    HintSpec(id='distributed-single-process', category='device', severity='warning',
-             title='Distributed strategy with world size 1',
-             what='Fires when a distributed strategy or launcher (DDP, FSDP, DeepSpeed, torchrun) runs a single process.',
-             why='Distributed wrappers add synchronisation and copies that buy nothing with one process.',
-             fix='Use a single-device strategy (Lightning: strategy="auto") or launch more processes.',
-             evidence=('strategy', 'world_size')),
-    HintSpec(id='cpu-oversubscribed', category='device', severity='warning',
-             title='More busy threads than physical cores',
-             what='Fires when processes x intra-op threads (plus busy DataLoader workers) exceed the physical cores in the affinity mask.',
-             why='Oversubscribed threads thrash caches and spin-wait: measured here, 2 processes x 2 threads on 2 cores serve 23-26% less than 2 x 1.',
-             fix='torch.set_num_threads(physical_cores // processes) in each process, or set OMP_NUM_THREADS before launch.',
-             evidence=('processes', 'intra_op_threads', 'loader_workers', 'workers_busy', 'busy_threads', 'physical_cores', 'omp_num_threads'), fix_id='threads'),
-    HintSpec(id='tensor-cores-idle', category='precision', severity='warning',
-             title='Tensor Cores idle: training in plain fp32',
-             what="Fires on a device with Tensor Cores when the run is in fp32 without autocast and matmul precision is 'highest'.",
-             why='Tensor Cores deliver 8-16x the fp32 matmul throughput in bf16/fp16 and ~8x in TF32.',
-             fix='Lightning: Trainer(precision="bf16-mixed") ("16-mixed" before Ampere) and torch.set_float32_matmul_precision("high"); HF: TrainingArguments(bf16=True, tf32=True).',
-             evidence=('param_dtype', 'precision', 'matmul_precision', 'device')),
-    HintSpec(id='half-on-cpu', category='precision', severity='warning',
-             title='fp16 on a CPU',
-             what='Fires when the model holds fp16 weights or runs under fp16 autocast on a CPU.',
-             why='CPUs without AMX-FP16 have no fp16 arithmetic: every op converts to fp32 and back, usually slower than fp32.',
-             fix='Keep fp32 on CPU (Lightning precision="32-true"); use bf16 only on AMX / AVX512-BF16 CPUs; for inference try int8 dynamic quantization.',
-             evidence=('param_dtype', 'autocast_dtype', 'precision', 'fp16_support')),
-    HintSpec(id='bf16-emulated', category='precision', severity='warning',
-             title='bf16 requested on a device without fast bf16',
-             what='Fires when bf16 weights or bf16 autocast run on a device whose bf16 is emulated (AVX2 CPUs, pre-Ampere GPUs).',
-             why='Emulated bf16 converts through fp32 on every op: measured here, bf16 autocast on AVX2 is 6.1x slower than fp32.',
-             fix='Use fp32 (CPU) or fp16 mixed precision (pre-Ampere GPUs: precision="16-mixed" / fp16=True).',
-             evidence=('precision', 'param_dtype', 'autocast_dtype', 'bf16_support', 'isa')),
-    HintSpec(id='dim-unaligned', category='alignment', severity='warning',
-             title="Layer widths not multiples of the device's alignment",
-             what="Fires when Linear/Conv dims that carry a real share of the FLOPs, other than widths fixed by the task or data (output classes, num_labels, input features), are not multiples of the device's alignment and the predicted gain is at least 10%.",
-             why='Unaligned GEMMs fall back to masked kernels: fp32 width 767 measured 1.35-1.53x slower than 768 on AVX2, 1.01-1.11x on AVX-512 (benchmarks/impacts.md); Tensor Cores need multiples of 8 (fp16/bf16).',
-             fix='Round the listed widths up to the one suggested multiple (the message names the layers).',
-             evidence=('alignment', 'dtype', 'unaligned_flop_share', 'widths', 'layers', 'suggested', 'task_fixed')),
-    HintSpec(id='vocab-unaligned', category='alignment', severity='info',
-             title='Vocabulary projection not a multiple of 64',
-             what='Fires when an output projection onto the vocabulary (LM head, tied embeddings) has a size that is not a multiple of 64.',
-             why="The LM head is often the largest GEMM of a language model; padding the vocabulary to a multiple of 64 gives aligned tiles (nanoGPT's 50257 -> 50304 gave ~25%).",
-             fix='model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64).',
-             evidence=('vocab_size', 'layer', 'flop_share', 'suggested')),
-    HintSpec(id='batch-size-unaligned', category='alignment', severity='info',
-             title='Batch size not a multiple of 8',
-             what='Fires on an accelerator with matrix units when the batch size is not a multiple of 8.',
-             why='The batch dimension becomes a GEMM dimension; Tensor Core tiles want multiples of 8.',
-             fix='Use a batch size that is a multiple of 8 (the message gives the nearest).',
-             evidence=('batch_size', 'multiple', 'suggested', 'batches_seen')),
-    HintSpec(id='seq-len-unaligned', category='alignment', severity='info',
-             title='Padded sequence lengths not multiples of 8',
-             what='Fires on an accelerator with matrix units when padded sequence lengths are not multiples of 8.',
-             why='Sequence length is a GEMM dimension in attention and every projection.',
-             fix='DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8) or tokenizer(..., pad_to_multiple_of=8).',
-             evidence=('unaligned_share', 'seq_lens', 'multiple', 'pad_to_multiple_of')),
-    HintSpec(id='batch-size-small', category='batch', severity='info',
-             title='Batch size leaves throughput on the table',
-             what='Fires when measured throughput still grows with the batch size (step time nearly flat when doubling it) and memory / latency budget allow more.',
-             why='Small batches leave the device underused: fixed per-step costs dominate.',
-             fix='Increase the batch size (Lightning: Tuner(trainer).scale_batch_size(model); HF: auto_find_batch_size=True), within latency_budget_ms.',
-             evidence=('batch_size', 'suggested_batch_size', 'latency_ms', 'throughput_gain', 'latency_budget_ms')),
-    HintSpec(id='padding-waste', category='padding', severity='warning',
-             title='Most of the batch is padding',
-             what='Fires when the measured share of pad tokens in observed batches exceeds the threshold (default 25%).',
-             why='Pad tokens cost the same compute as real ones: measured on MiniLM here, length-grouped dynamic padding gives 3.3-5x the throughput of max_length=128 padding (benchmarks/padding.md).',
-             fix='Dynamic padding (DataCollatorWithPadding) plus length-grouped batches (HF: train_sampling_strategy="group_by_length"; predict: perfcallbacks.padding.length_grouped_batches).',
-             evidence=('pad_fraction', 'batches_seen', 'padded_len_max', 'real_len_median', 'real_len_max', 'real_len_mean', 'grouped_pad_fraction', 'batch_size', 'collator', 'sampling_strategy')),
-    HintSpec(id='static-padding', category='padding', severity='warning',
-             title='Every batch padded to one fixed length',
-             what='Fires when every observed batch is padded to the same length, far above the real lengths.',
-             why='padding="max_length" pays for the longest possible input on every batch.',
-             fix='Tokenize without padding and pad per batch: DataCollatorWithPadding(tokenizer).',
-             evidence=('padded_len', 'batches_seen', 'batch_longest_mean', 'batch_longest_max', 'pad_fraction', 'tokenizer_padding')),
-    HintSpec(id='dataloader-bottleneck', category='data', severity='warning',
-             title='The model waits for data',
-             what='Fires when measured time waiting for the next batch is a large share (default > 20%) of the step time. Never fires on num_workers alone.',
-             why='Every second waiting for data is a second the device idles.',
-             fix='DataLoader(num_workers=N, persistent_workers=True) (pin_memory=True on CUDA); move tokenisation out of __getitem__.',
-             evidence=('data_wait_ms', 'step_ms', 'wait_share_of_step', 'steps_timed', 'num_workers', 'suggested_workers', 'physical_cores')),
-    HintSpec(id='pin-memory-off', category='data', severity='info',
-             title='Loader does not pin memory on a CUDA run',
-             what='Fires on CUDA runs whose DataLoader does not pin memory while host-to-device copies are significant.',
-             why='Pinned memory makes host-to-device copies faster and lets them overlap with compute (non_blocking=True).',
-             fix='DataLoader(pin_memory=True) / TrainingArguments(dataloader_pin_memory=True).',
-             evidence=('pin_memory', 'num_workers')),
-    HintSpec(id='grad-in-inference', category='inference', severity='warning',
-             title='Inference with autograd on or in train mode',
-             what='Fires when a validation/predict forward runs with autograd enabled or the model in train mode.',
-             why='Autograd keeps activations alive for a backward that never comes; train mode keeps dropout on.',
-             fix='Wrap inference in torch.inference_mode() and call model.eval().',
-             evidence=('calls', 'grad_enabled_calls', 'train_mode_calls', 'stage', 'grad_overhead_measured')),
-    HintSpec(id='int8-available', category='inference', severity='info',
-             title='int8 dynamic quantization would speed up CPU inference',
-             what='Fires for CPU inference of a Linear-heavy fp32 model. Not after auto_apply applied int8 (the fix entry carries the numbers).',
-             why='int8 GEMMs do ~2-4x the work per cycle of fp32 on x86: measured on MiniLM, 1.25-1.37x end to end on AVX2, 2.3-3.0x with AVX-512 VNNI (benchmarks/impacts.md).',
-             fix='PerfHintCallback(auto_apply=True) / HFPerfHints(auto_apply=True) / Advisor(auto_apply=True).optimize_inference(model, batch) measure and apply guarded int8 on the job; perfcallbacks.quantize_for_export(model, path, example_inputs=batch) writes an int8 artifact.',
-             evidence=('linear_flop_share', 'linear_params', 'int8_support', 'measured_speedup', 'fidelity'), fix_id='dynamic-quantization'),
-    HintSpec(id='autocast-available', category='inference', severity='info',
-             title='Accelerator inference in fp32',
-             what='Fires for accelerator inference in fp32 where fp16/bf16 autocast is supported.',
-             why='Low-precision inference uses Tensor Cores and halves memory traffic.',
-             fix='with torch.autocast("cuda", dtype=torch.bfloat16): ... (or auto_apply=True to measure it).',
-             evidence=('device', 'param_dtype', 'autocast_dtype', 'autocast_calls', 'measured_speedup'), fix_id='autocast'),
-    HintSpec(id='threads-untuned', category='inference', severity='info',
-             title='Intra-op thread count is not the measured best',
-             what='Fires when the measured best intra-op thread count for inference differs from the current one.',
-             why='Too many threads per worker oversubscribe cores; too few leave them idle.',
-             fix='torch.set_num_threads(N) with the measured N (auto_apply=True does it).',
-             evidence=('current_threads', 'best_threads', 'latency_ms', 'dropped_as_implausible'), fix_id='threads'),
-    HintSpec(id='repeated-inputs', category='inference', severity='info',
-             title='Identical inputs seen repeatedly in predict',
-             what='Fires when identical inputs are seen repeatedly across predict batches.',
-             why='Recomputing the same outputs wastes the whole forward pass; a cache returns them for free.',
-             fix='Deduplicate inputs before predict or cache outputs by input hash (functools.lru_cache on a tuple of token ids).',
-             evidence=('rows_seen', 'distinct_rows', 'duplicate_share', 'batches_seen')),
-    HintSpec(id='smaller-model-available', category='model', severity='info',
-             title='A BERT-base-sized encoder used for classification',
-             what='Fires when an encoder of 12 layers x 768 hidden or larger is used for sequence classification.',
-             why="DistilBERT (6 layers) keeps ~97% of BERT-base's GLUE score at 2x the speed; MiniLM-class models are faster still.",
-             fix='Try distilbert-base-uncased or a MiniLM checkpoint and compare validation metrics.',
-             evidence=('num_layers', 'hidden_size', 'model_type', 'model_class')),
-    HintSpec(id='debug-mode-on', category='debug', severity='warning',
-             title='A debugging mode is left on during training',
-             what='Fires when anomaly detection (torch.autograd.set_detect_anomaly / Trainer(detect_anomaly=True)), CUDA_LAUNCH_BLOCKING=1, CUDA sync-debug mode, a profiler recording every step, or deterministic algorithms are on while training. Where it can be toggled safely (anomaly detection, deterministic algorithms) its cost is measured on one real batch (forward + backward with and without, no optimizer step); a measured cost under 5% of the step does not fire.',
-             why='Anomaly detection records a Python stack trace for every op and checks every gradient for NaN: measured here 1.3x to tens of x slower steps on small MLPs and a small CNN (benchmarks/debug_mode.md; more for many small ops and deep stacks). CUDA_LAUNCH_BLOCKING=1 (set by HF full_determinism=True) waits for every kernel, removing all CPU/GPU overlap; sync-debug mode and profilers add work to every op.',
-             fix='Lightning: Trainer(detect_anomaly=False, profiler=None, deterministic=False); HF: TrainingArguments(full_determinism=False) and do not export CUDA_LAUNCH_BLOCKING; plain PyTorch: torch.autograd.set_detect_anomaly(False), torch.cuda.set_sync_debug_mode(0), torch.use_deterministic_algorithms(False). Keep them for the debugging session only.',
-             evidence=('modes', 'sources')),
-    HintSpec(id='ddp-find-unused', category='distributed', severity='warning',
-             title='DDP searches for unused parameters that do not exist',
-             what='Fires when DistributedDataParallel runs with find_unused_parameters=True and every trainable parameter received a gradient in every observed step. The HF Trainer turns it on by itself for every model without gradient checkpointing when ddp_find_unused_parameters is unset.',
-             why='With find_unused_parameters=True DDP walks the whole autograd graph after every forward to find parameters that will get no gradient, and it cannot overlap that search with the backward; reported costs range from a few percent to hours per epoch.',
-             fix='Lightning: Trainer(strategy="ddp") (not "ddp_find_unused_parameters_true"), or DDPStrategy(static_graph=True); HF: TrainingArguments(ddp_find_unused_parameters=False); plain PyTorch: DistributedDataParallel(model, find_unused_parameters=False) or static_graph=True.',
-             evidence=('world_size', 'find_unused_parameters', 'static_graph', 'source', 'steps_observed', 'parameters_with_grad_every_step', 'accumulate_grad_batches')),
-    HintSpec(id='workers-restart', category='data', severity='warning',
-             title='Loader workers are started again every epoch',
-             what='Fires when a DataLoader with num_workers > 0 and persistent_workers=False spends a real share of the epoch (default > 5%) starting its workers: the wait for the first batch of an epoch, minus the steady-state wait, times the epochs to come.',
-             why='Without persistent_workers every epoch (and every validation run) forks the workers again and re-imports the dataset in each: users report minutes of start-up per epoch and +25% wall time.',
-             fix='Lightning / plain PyTorch: DataLoader(..., num_workers=N, persistent_workers=True); HF: TrainingArguments(dataloader_persistent_workers=True).',
-             evidence=('num_workers', 'persistent_workers', 'first_batch_wait_s', 'steady_wait_ms', 'startup_s_per_epoch', 'epoch_s_estimate', 'startup_share_of_epoch', 'epochs', 'batches_per_epoch', 'restarts_to_come', 'seconds_saved_estimate')),
-    HintSpec(id='compile-recompiles', category='compile', severity='warning',
-             title='A compiled model recompiled during the observed steps',
-             what="Fires when torch.compile recompiled the model during warm-up, read from dynamo's own compilation records (the guard that failed, e.g. a new sequence length).",
-             why='Each recompilation costs seconds to minutes and, once torch._dynamo.config.cache_size_limit is reached, the model silently falls back to eager: one graph per padded length turns the compile win into a loss.',
-             fix='torch.compile(model, dynamic=True) or torch._dynamo.mark_dynamic(input_ids, 1); pad to a multiple (pad_to_multiple_of=64) or bucket lengths so few shapes occur.',
-             evidence=('recompiles', 'reasons', 'sizes_in_guards', 'seq_lens_seen', 'recompile_seconds', 'compiled_modules')),
-    HintSpec(id='compile-graph-breaks', category='compile', severity='warning',
-             title="A compiled model's forward has graph breaks",
-             what="Fires when dynamo reports graph breaks while compiling the model (counts and reasons from dynamo's counters).",
-             why='Every graph break splits the model into separately compiled pieces with eager Python in between: fusion stops at each break and the pieces pay their own launch and guard costs.',
-             fix='Remove the listed constructs from forward (print, .item(), data-dependent Python control flow, unsupported calls); find them with torch._dynamo.explain(model)(*inputs) or TORCH_LOGS=graph_breaks.',
-             evidence=('graph_breaks', 'distinct_reasons', 'reasons', 'unique_graphs', 'compiled_modules')),
-    HintSpec(id='attention-eager', category='model', severity='warning',
-             title='Attention computed eagerly where SDPA exists',
-             what='Fires when an HF model runs with attn_implementation="eager" while its class supports SDPA, or a module computes softmax(q @ k^T) @ v by hand; the SDPA speedup is measured on a real batch where the model allows the switch.',
-             why='torch.nn.functional.scaled_dot_product_attention fuses the score matrix, softmax and weighting into one kernel (flash / memory-efficient on GPUs): BERT-class training 12-35% faster with much less memory.',
-             fix='HF: from_pretrained(..., attn_implementation="sdpa") (or model.set_attn_implementation("sdpa")); hand-written attention: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask). auto_apply=True measures and applies SDPA for validate/test/predict.',
-             evidence=(), fix_id='sdpa'),
-    HintSpec(id='channels-last-off', category='layout', severity='info',
-             title='A conv model runs in contiguous (NCHW) memory format',
-             what="Fires when most of a model's FLOPs are in Conv2d layers, it runs in the default contiguous format, and channels_last measured faster on a real batch (CPU oneDNN or cuDNN).",
-             why='Convolution kernels (cuDNN on Tensor Cores, oneDNN on CPUs) work in NHWC: contiguous inputs are converted on every layer. ResNet-50 trains ~22% faster in channels_last on GPUs.',
-             fix='model = model.to(memory_format=torch.channels_last) and images = images.to(memory_format=torch.channels_last); auto_apply=True measures and applies it for validate/test/predict.',
-             evidence=('conv2d_layers', 'conv2d_flop_share', 'input_shape', 'inputs_channels_last'), fix_id='channels-last'),
-    HintSpec(id='cudnn-benchmark-off', category='device', severity='info',
-             title='cuDNN autotuning off for fixed-shape convolutions',
-             what="Fires on a CUDA run of a conv model whose observed input shapes are all the same while torch.backends.cudnn.benchmark is False (Lightning's default unless benchmark=True; HF never sets it).",
-             why='With benchmark on, cuDNN times its convolution algorithms once per input shape and keeps the fastest; with fixed shapes that search is paid once and every later step gains.',
-             fix='Lightning: Trainer(benchmark=True); HF / plain PyTorch: torch.backends.cudnn.benchmark = True before training.',
-             evidence=('input_shape', 'shapes_observed', 'distinct_shapes', 'conv2d_layers', 'cudnn_benchmark', 'device')),
-    HintSpec(id='fp8-eligible', category='precision', severity='info',
-             title='Linear layers large enough to gain from FP8',
-             what='Fires on an FP8-capable device (H100/H200/B200 or real) when Linear layers at or above the break-even size (both dims >= 2048, and >= 2048 tokens per step where tokens are known) carry most of the Linear FLOPs and the run is not in FP8.',
-             why='FP8 GEMMs double the Tensor Core throughput of bf16, but the casts cost a fixed share per layer: torchao measures 1.39x on large layers and 0.80x on small ones.',
-             fix='from torchao.float8 import convert_to_float8_training; convert_to_float8_training(model, module_filter_fn=lambda m, name: isinstance(m, torch.nn.Linear) and min(m.in_features, m.out_features) >= 2048) with bf16 mixed precision.',
-             evidence=('device', 'eligible_layers', 'eligible_flop_share', 'break_even_dim', 'break_even_tokens', 'tokens_per_step', 'layers')),
-]
+class HintRegistry(Mapping[str, HintSpec]):
+    """Every hint's spec by id, in :data:`CATEGORIES` order.
 
-REGISTRY: dict[str, HintSpec] = {spec.id: spec for spec in _SPECS}
+    Each spec is declared beside its check (``perfcallbacks/checks/<category>.py``) and registered by
+    ``@check``; the first lookup imports the checks package, which needs no torch (``perfhints run``
+    validates ``suppress`` ids in a parent process that never loads it).
+    """
+
+    def __init__(self) -> None:
+        self._specs: dict[str, HintSpec] = {}
+        self._loaded = self._loading = False
+
+    def register(self, spec: HintSpec) -> None:
+        if self._specs.get(spec.id, spec) is not spec:
+            raise ValueError(f"hint id {spec.id!r} is registered twice")
+        if spec.category not in CATEGORIES:
+            raise ValueError(f"hint {spec.id!r}: unknown category {spec.category!r}; allowed: {CATEGORIES}")
+        self._specs[spec.id] = spec
+
+    def _all(self) -> dict[str, HintSpec]:
+        if not (self._loaded or self._loading):
+            self._loading = True  # the checks' own lookups while they load see what is registered so far
+            try:
+                importlib.import_module("perfcallbacks.checks")
+                self._loaded = True
+            finally:
+                self._loading = False
+        return self._specs
+
+    def __getitem__(self, hint_id: str) -> HintSpec:
+        return self._all()[hint_id]
+
+    def __contains__(self, hint_id: object) -> bool:
+        return hint_id in self._all()
+
+    def __iter__(self) -> Iterator[str]:
+        specs = self._all()
+        return iter(sorted(specs, key=lambda hint_id: CATEGORIES.index(specs[hint_id].category)))
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+REGISTRY = HintRegistry()
 
 
 def spec(hint_id: str) -> HintSpec:

@@ -97,3 +97,29 @@ def test_fix_ids_on_specs_agree_with_fix_resolves():
     by_spec = {(spec.fix_id, hint_id) for hint_id, spec in REGISTRY.items() if spec.fix_id}
     by_report = {(fix_id, hint_id) for fix_id, entries in FIX_RESOLVES.items() for hint_id, _ in entries}
     assert by_spec == by_report
+
+
+def test_registry_and_suppress_validation_load_without_torch():
+    # `perfhints run` validates suppress ids in a parent process that must not pay for importing torch.
+    import subprocess
+    import sys
+
+    code = ("import sys; from perfcallbacks.hints import REGISTRY, validate_suppress; "
+            "validate_suppress(['padding-waste']); n = len(REGISTRY); "
+            "print(n, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(len(REGISTRY)), "False"]
+
+
+def test_a_hint_id_registered_twice_or_in_an_unknown_category_is_rejected():
+    from dataclasses import replace
+
+    from perfcallbacks.hints import HintRegistry
+
+    registry, spec = HintRegistry(), REGISTRY["gpu-unused"]
+    registry.register(spec)
+    registry.register(spec)  # the same spec again (a module re-imported) is harmless
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register(replace(spec, title="another hint under the same id"))
+    with pytest.raises(ValueError, match="unknown category"):
+        registry.register(replace(spec, id="new-hint", category="misc"))

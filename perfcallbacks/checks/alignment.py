@@ -22,7 +22,7 @@ from perfcallbacks.checks.batch import observed_batches, typical_batch_size
 from perfcallbacks.checks.precision import precision_dtypes
 from perfcallbacks.checks.registry import check, fix_text, nearest_multiples
 from perfcallbacks.context import RunContext
-from perfcallbacks.hints import REGISTRY, Hint
+from perfcallbacks.hints import Hint, HintSpec
 
 # A layer must hold at least 5% of the model's Linear/Conv FLOPs to matter:
 # fixing a smaller one cannot gain more than a few percent end to end.
@@ -114,7 +114,17 @@ def aligned_width(width: int, multiple: int) -> int:
     return nearest_multiples(width, multiple)[1]
 
 
-@check("dim-unaligned", phases=("setup",))
+DIM_UNALIGNED = HintSpec(
+    id='dim-unaligned', category='alignment', severity='warning',
+    title="Layer widths not multiples of the device's alignment",
+    what="Fires when Linear/Conv dims that carry a real share of the FLOPs, other than widths fixed by the task or data (output classes, num_labels, input features), are not multiples of the device's alignment and the predicted gain is at least 10%.",
+    why='Unaligned GEMMs fall back to masked kernels: fp32 width 767 measured 1.35-1.53x slower than 768 on AVX2, 1.01-1.11x on AVX-512 (benchmarks/impacts.md); Tensor Cores need multiples of 8 (fp16/bf16).',
+    fix='Round the listed widths up to the one suggested multiple (the message names the layers).',
+    evidence=('alignment', 'dtype', 'unaligned_flop_share', 'widths', 'layers', 'suggested', 'task_fixed'),
+)
+
+
+@check(DIM_UNALIGNED, phases=("setup",))
 def dim_unaligned(ctx: RunContext) -> Hint | None:
     dtype = compute_dtype(ctx)
     multiple = ctx.profile.alignment_for(dtype)
@@ -155,7 +165,7 @@ def dim_unaligned(ctx: RunContext) -> Hint | None:
     listed = "; ".join(f"{d} -> {proposed[d]} ({places(d)})" for d in sorted(offenders))
     fix = (f"build these layers with widths rounded up to a multiple of {multiple}: {listed} "
            f"(the output and input widths fixed by the task and data are left as they are)")
-    return REGISTRY["dim-unaligned"].make(
+    return DIM_UNALIGNED.make(
         ctx.phase,
         f"Layers holding {share:.0%} of the Linear/Conv FLOPs have widths that are not multiples of {multiple} "
         f"(what {ctx.profile.name} wants for {dtype}): {listed}.",
@@ -167,7 +177,17 @@ def dim_unaligned(ctx: RunContext) -> Hint | None:
         impact=impact)
 
 
-@check("vocab-unaligned", phases=("setup",))
+VOCAB_UNALIGNED = HintSpec(
+    id='vocab-unaligned', category='alignment', severity='info',
+    title='Vocabulary projection not a multiple of 64',
+    what='Fires when an output projection onto the vocabulary (LM head, tied embeddings) has a size that is not a multiple of 64.',
+    why="The LM head is often the largest GEMM of a language model; padding the vocabulary to a multiple of 64 gives aligned tiles (nanoGPT's 50257 -> 50304 gave ~25%).",
+    fix='model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64).',
+    evidence=('vocab_size', 'layer', 'flop_share', 'suggested'),
+)
+
+
+@check(VOCAB_UNALIGNED, phases=("setup",))
 def vocab_unaligned(ctx: RunContext) -> Hint | None:
     if ctx.profile.alignment_for(compute_dtype(ctx)) <= 1:
         return None
@@ -180,7 +200,7 @@ def vocab_unaligned(ctx: RunContext) -> Hint | None:
                              f"(HF model) or build the embedding/head with {above} rows and ignore the extra logits",
                    hf=f"model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of={VOCAB_MULTIPLE})",
                    torch=f"nn.Embedding({above}, dim) / nn.Linear(dim, {above}) and ignore the extra logits")
-    return REGISTRY["vocab-unaligned"].make(
+    return VOCAB_UNALIGNED.make(
         ctx.phase,
         f"The vocabulary projection {head.name!r} has {head.out_dim} outputs ({head.share:.0%} of the Linear FLOPs), "
         f"not a multiple of {VOCAB_MULTIPLE}: pad it to {above}.",
@@ -194,7 +214,17 @@ def _matrix_accelerator(ctx: RunContext) -> bool:
     return ctx.profile.is_accelerator and ctx.profile.has_matrix_units and ctx.judged_on_accelerator
 
 
-@check("batch-size-unaligned", phases=("warmup", "inference"))
+BATCH_SIZE_UNALIGNED = HintSpec(
+    id='batch-size-unaligned', category='alignment', severity='info',
+    title='Batch size not a multiple of 8',
+    what='Fires on an accelerator with matrix units when the batch size is not a multiple of 8.',
+    why='The batch dimension becomes a GEMM dimension; Tensor Core tiles want multiples of 8.',
+    fix='Use a batch size that is a multiple of 8 (the message gives the nearest).',
+    evidence=('batch_size', 'multiple', 'suggested', 'batches_seen'),
+)
+
+
+@check(BATCH_SIZE_UNALIGNED, phases=("warmup", "inference"))
 def batch_size_unaligned(ctx: RunContext) -> Hint | None:
     if not _matrix_accelerator(ctx):
         return None
@@ -207,7 +237,7 @@ def batch_size_unaligned(ctx: RunContext) -> Hint | None:
     fix = fix_text(ctx, lightning=f"DataLoader(..., batch_size={above})  (or {below})",
                    hf=f"TrainingArguments(per_device_train_batch_size={above})  (or {below})",
                    torch=f"DataLoader(..., batch_size={above})  (or {below})")
-    return REGISTRY["batch-size-unaligned"].make(
+    return BATCH_SIZE_UNALIGNED.make(
         ctx.phase,
         f"Batch size {size} is not a multiple of {TOKEN_DIM_MULTIPLE}, which {ctx.profile.name}'s matrix units want: "
         f"use {above} (or {below}).",
@@ -215,7 +245,17 @@ def batch_size_unaligned(ctx: RunContext) -> Hint | None:
                        "batches_seen": len(batches)})
 
 
-@check("seq-len-unaligned", phases=("warmup", "inference"))
+SEQ_LEN_UNALIGNED = HintSpec(
+    id='seq-len-unaligned', category='alignment', severity='info',
+    title='Padded sequence lengths not multiples of 8',
+    what='Fires on an accelerator with matrix units when padded sequence lengths are not multiples of 8.',
+    why='Sequence length is a GEMM dimension in attention and every projection.',
+    fix='DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8) or tokenizer(..., pad_to_multiple_of=8).',
+    evidence=('unaligned_share', 'seq_lens', 'multiple', 'pad_to_multiple_of'),
+)
+
+
+@check(SEQ_LEN_UNALIGNED, phases=("warmup", "inference"))
 def seq_len_unaligned(ctx: RunContext) -> Hint | None:
     if not _matrix_accelerator(ctx):
         return None
@@ -233,7 +273,7 @@ def seq_len_unaligned(ctx: RunContext) -> Hint | None:
                    hf="Trainer(..., data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8))",
                    torch="tokenizer(..., padding=True, pad_to_multiple_of=8) or "
                          "DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)")
-    return REGISTRY["seq-len-unaligned"].make(
+    return SEQ_LEN_UNALIGNED.make(
         ctx.phase,
         f"{len(unaligned)} of {len(lens)} observed batches have a padded length that is not a multiple of "
         f"{TOKEN_DIM_MULTIPLE} (e.g. {', '.join(map(str, unaligned[:5]))}).",

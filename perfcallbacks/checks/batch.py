@@ -15,7 +15,7 @@ from collections import Counter
 
 from perfcallbacks.checks.registry import check, fix_text
 from perfcallbacks.context import BatchStats, RunContext
-from perfcallbacks.hints import REGISTRY, Hint
+from perfcallbacks.hints import Hint, HintSpec
 
 # Doubling the batch must buy at least 30% more throughput to be worth a hint:
 # below that, timing noise on a shared machine (~5-10%) and the extra memory
@@ -41,7 +41,17 @@ def typical_batch_size(batches: list[BatchStats], loader_batch_size: int | None 
     return max(counts, key=lambda size: (counts[size], size))  # ties: the larger (a short last batch loses)
 
 
-@check("batch-size-small", phases=("inference",))
+BATCH_SIZE_SMALL = HintSpec(
+    id='batch-size-small', category='batch', severity='info',
+    title='Batch size leaves throughput on the table',
+    what='Fires when measured throughput still grows with the batch size (step time nearly flat when doubling it) and memory / latency budget allow more.',
+    why='Small batches leave the device underused: fixed per-step costs dominate.',
+    fix='Increase the batch size (Lightning: Tuner(trainer).scale_batch_size(model); HF: auto_find_batch_size=True), within latency_budget_ms.',
+    evidence=('batch_size', 'suggested_batch_size', 'latency_ms', 'throughput_gain', 'latency_budget_ms'),
+)
+
+
+@check(BATCH_SIZE_SMALL, phases=("inference",))
 def batch_size_small(ctx: RunContext) -> Hint | None:
     measure = ctx.facts.measured.batch_scaling
     if measure is None:
@@ -64,7 +74,7 @@ def batch_size_small(ctx: RunContext) -> Hint | None:
                              f"(or Tuner(trainer).scale_batch_size(model, mode=\"binsearch\"))",
                    hf=f"TrainingArguments(per_device_eval_batch_size={best}) (or auto_find_batch_size=True)",
                    torch=f"DataLoader(..., batch_size={best}) for inference")
-    return REGISTRY["batch-size-small"].make(
+    return BATCH_SIZE_SMALL.make(
         ctx.phase,
         f"Inference throughput still grows with the batch size: batch {base} takes "
         f"{latency[base] * 1e3:.1f} ms, batch {best} takes {allowed[best] * 1e3:.1f} ms "

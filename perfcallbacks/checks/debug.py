@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from perfcallbacks.checks.registry import check, fix_text
 from perfcallbacks.context import RunContext
-from perfcallbacks.hints import REGISTRY, Hint
+from perfcallbacks.hints import Hint, HintSpec
 
 # A measured cost below this share of the step does not fire (principle 2: measured, not guessed).
 MIN_MEASURED_SHARE = 0.05
@@ -65,7 +65,17 @@ def _fix(ctx: RunContext, modes: list[str]) -> str:
     return fix_text(ctx, lightning="; ".join(lightning), hf="; ".join(hf), torch="; ".join(torch_))
 
 
-@check("debug-mode-on", phases=("warmup",))
+DEBUG_MODE_ON = HintSpec(
+    id='debug-mode-on', category='debug', severity='warning',
+    title='A debugging mode is left on during training',
+    what='Fires when anomaly detection (torch.autograd.set_detect_anomaly / Trainer(detect_anomaly=True)), CUDA_LAUNCH_BLOCKING=1, CUDA sync-debug mode, a profiler recording every step, or deterministic algorithms are on while training. Where it can be toggled safely (anomaly detection, deterministic algorithms) its cost is measured on one real batch (forward + backward with and without, no optimizer step); a measured cost under 5% of the step does not fire.',
+    why='Anomaly detection records a Python stack trace for every op and checks every gradient for NaN: measured here 1.3x to tens of x slower steps on small MLPs and a small CNN (benchmarks/debug_mode.md; more for many small ops and deep stacks). CUDA_LAUNCH_BLOCKING=1 (set by HF full_determinism=True) waits for every kernel, removing all CPU/GPU overlap; sync-debug mode and profilers add work to every op.',
+    fix='Lightning: Trainer(detect_anomaly=False, profiler=None, deterministic=False); HF: TrainingArguments(full_determinism=False) and do not export CUDA_LAUNCH_BLOCKING; plain PyTorch: torch.autograd.set_detect_anomaly(False), torch.cuda.set_sync_debug_mode(0), torch.use_deterministic_algorithms(False). Keep them for the debugging session only.',
+    evidence=('modes', 'sources'),
+)
+
+
+@check(DEBUG_MODE_ON, phases=("warmup",))
 def debug_mode_on(ctx: RunContext) -> Hint | None:
     modes = modes_on(ctx)
     if not modes:
@@ -118,6 +128,6 @@ def debug_mode_on(ctx: RunContext) -> Hint | None:
         cost = f" Not measured: {reason}."
     else:
         cost = " Its cost cannot be measured inside the run (it cannot be switched off safely here)."
-    return REGISTRY["debug-mode-on"].make(
+    return DEBUG_MODE_ON.make(
         ctx.phase, f"Debugging mode left on during training: {labels}.{cost}", _fix(ctx, modes),
         evidence=evidence, impact=impact if local_measure else None, severity=severity)

@@ -18,7 +18,7 @@ from perfcallbacks.checks.precision import TENSOR_CORE_SPEEDUP, precision_dtypes
 from perfcallbacks.checks.registry import check, fix_text
 from perfcallbacks.context import RunContext
 from perfcallbacks.device import EMULATED, UNSUPPORTED
-from perfcallbacks.hints import REGISTRY, Hint
+from perfcallbacks.hints import Hint, HintSpec
 from perfcallbacks.run_facts import Int8Measure
 
 # A measured fix must gain at least 5% (the guarded fixes' default margin).
@@ -48,7 +48,17 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms"
 
 
-@check("grad-in-inference", phases=("inference",))
+GRAD_IN_INFERENCE = HintSpec(
+    id='grad-in-inference', category='inference', severity='warning',
+    title='Inference with autograd on or in train mode',
+    what='Fires when a validation/predict forward runs with autograd enabled or the model in train mode.',
+    why='Autograd keeps activations alive for a backward that never comes; train mode keeps dropout on.',
+    fix='Wrap inference in torch.inference_mode() and call model.eval().',
+    evidence=('calls', 'grad_enabled_calls', 'train_mode_calls', 'stage', 'grad_overhead_measured'),
+)
+
+
+@check(GRAD_IN_INFERENCE, phases=("inference",))
 def grad_in_inference(ctx: RunContext) -> Hint | None:
     info = ctx.inference
     if info.calls < 1 or (info.grad_enabled_calls == 0 and info.train_mode_calls == 0):
@@ -65,7 +75,7 @@ def grad_in_inference(ctx: RunContext) -> Hint | None:
                       "(Trainer.evaluate/predict already run under torch.no_grad)",
                    torch="model.eval(); with torch.inference_mode(): outputs = model(batch)")
     overhead = ctx.facts.measured.grad_overhead
-    return REGISTRY["grad-in-inference"].make(
+    return GRAD_IN_INFERENCE.make(
         ctx.phase,
         f"Inference forwards ran with {' and '.join(problems)} calls"
         + (f" ({info.stage})" if info.stage else "") + ".",
@@ -76,7 +86,18 @@ def grad_in_inference(ctx: RunContext) -> Hint | None:
         impact=overhead if overhead is not None and overhead > 1 else None)
 
 
-@check("int8-available", phases=("inference",))
+INT8_AVAILABLE = HintSpec(
+    id='int8-available', category='inference', severity='info',
+    title='int8 dynamic quantization would speed up CPU inference',
+    what='Fires for CPU inference of a Linear-heavy fp32 model. Not after auto_apply applied int8 (the fix entry carries the numbers).',
+    why='int8 GEMMs do ~2-4x the work per cycle of fp32 on x86: measured on MiniLM, 1.25-1.37x end to end on AVX2, 2.3-3.0x with AVX-512 VNNI (benchmarks/impacts.md).',
+    fix='PerfHintCallback(auto_apply=True) / HFPerfHints(auto_apply=True) / Advisor(auto_apply=True).optimize_inference(model, batch) measure and apply guarded int8 on the job; perfcallbacks.quantize_for_export(model, path, example_inputs=batch) writes an int8 artifact.',
+    evidence=('linear_flop_share', 'linear_params', 'int8_support', 'measured_speedup', 'fidelity'),
+    fix_id='dynamic-quantization',
+)
+
+
+@check(INT8_AVAILABLE, phases=("inference",))
 def int8_available(ctx: RunContext) -> Hint | None:
     """int8 dynamic quantization would speed up CPU inference (measured when possible).
 
@@ -120,7 +141,7 @@ def int8_available(ctx: RunContext) -> Hint | None:
                          "expected_batches=len(loader)) (decides int8 on the job's own batches; the fp32 model "
                          "answers unless int8 is faster and faithful), or "
                          "perfcallbacks.quantize_for_export(model, path, example_inputs=batch)")
-    return REGISTRY["int8-available"].make(
+    return INT8_AVAILABLE.make(
         ctx.phase,
         f"CPU inference of an fp32 model whose Linear layers hold {share:.0%} of the GEMM FLOPs: int8 dynamic "
         f"quantization is {impact:.2f}x faster ({basis}).",
@@ -131,7 +152,18 @@ def int8_available(ctx: RunContext) -> Hint | None:
         impact=impact)
 
 
-@check("autocast-available", phases=("inference",))
+AUTOCAST_AVAILABLE = HintSpec(
+    id='autocast-available', category='inference', severity='info',
+    title='Accelerator inference in fp32',
+    what='Fires for accelerator inference in fp32 where fp16/bf16 autocast is supported.',
+    why='Low-precision inference uses Tensor Cores and halves memory traffic.',
+    fix='with torch.autocast("cuda", dtype=torch.bfloat16): ... (or auto_apply=True to measure it).',
+    evidence=('device', 'param_dtype', 'autocast_dtype', 'autocast_calls', 'measured_speedup'),
+    fix_id='autocast',
+)
+
+
+@check(AUTOCAST_AVAILABLE, phases=("inference",))
 def autocast_available(ctx: RunContext) -> Hint | None:
     profile = ctx.profile
     if not ctx.judged_on_accelerator or not profile.is_accelerator:
@@ -153,7 +185,7 @@ def autocast_available(ctx: RunContext) -> Hint | None:
                       f"covers evaluate/predict) or HFPerfHints(auto_apply=True)",
                    torch=f"with torch.inference_mode(), torch.autocast(\"{profile.kind}\", dtype=torch.{name}): "
                          f"outputs = model(batch)")
-    return REGISTRY["autocast-available"].make(
+    return AUTOCAST_AVAILABLE.make(
         ctx.phase,
         f"Inference runs in fp32 on {profile.name}, where {name} autocast is fast"
         + (f" (measured {measured:.2f}x)." if measured else "."),
@@ -163,7 +195,18 @@ def autocast_available(ctx: RunContext) -> Hint | None:
         impact=impact)
 
 
-@check("threads-untuned", phases=("inference",))
+THREADS_UNTUNED = HintSpec(
+    id='threads-untuned', category='inference', severity='info',
+    title='Intra-op thread count is not the measured best',
+    what='Fires when the measured best intra-op thread count for inference differs from the current one.',
+    why='Too many threads per worker oversubscribe cores; too few leave them idle.',
+    fix='torch.set_num_threads(N) with the measured N (auto_apply=True does it).',
+    evidence=('current_threads', 'best_threads', 'latency_ms', 'dropped_as_implausible'),
+    fix_id='threads',
+)
+
+
+@check(THREADS_UNTUNED, phases=("inference",))
 def threads_untuned(ctx: RunContext) -> Hint | None:
     """The measured best intra-op thread count differs from the current one.
 
@@ -194,7 +237,7 @@ def threads_untuned(ctx: RunContext) -> Hint | None:
     fix = f"torch.set_num_threads({best}) before inference (or OMP_NUM_THREADS={best})"
     if ctx.framework in ("lightning", "hf"):
         fix += f"; {'PerfHintCallback' if ctx.framework == 'lightning' else 'HFPerfHints'}(auto_apply=True) does it"
-    return REGISTRY["threads-untuned"].make(
+    return THREADS_UNTUNED.make(
         ctx.phase,
         f"Inference with {current} intra-op threads takes {_ms(latency[current])} per batch; "
         f"{best} threads take {_ms(latency[best])} ({gain:.2f}x faster, steady-state medians).",
@@ -205,7 +248,17 @@ def threads_untuned(ctx: RunContext) -> Hint | None:
         impact=gain)
 
 
-@check("repeated-inputs", phases=("inference",))
+REPEATED_INPUTS = HintSpec(
+    id='repeated-inputs', category='inference', severity='info',
+    title='Identical inputs seen repeatedly in predict',
+    what='Fires when identical inputs are seen repeatedly across predict batches.',
+    why='Recomputing the same outputs wastes the whole forward pass; a cache returns them for free.',
+    fix='Deduplicate inputs before predict or cache outputs by input hash (functools.lru_cache on a tuple of token ids).',
+    evidence=('rows_seen', 'distinct_rows', 'duplicate_share', 'batches_seen'),
+)
+
+
+@check(REPEATED_INPUTS, phases=("inference",))
 def repeated_inputs(ctx: RunContext) -> Hint | None:
     hashes = [h for b in ctx.inference_batches for h in b.row_hashes]
     if len(hashes) < REPEAT_MIN_ROWS:
@@ -217,7 +270,7 @@ def repeated_inputs(ctx: RunContext) -> Hint | None:
     fix = ("deduplicate before the forward and scatter back: "
            "uniq, inverse = torch.unique(input_ids, dim=0, return_inverse=True); "
            "out = model(uniq)[inverse] (or cache outputs keyed by the input's token ids)")
-    return REGISTRY["repeated-inputs"].make(
+    return REPEATED_INPUTS.make(
         ctx.phase,
         f"{share:.0%} of the {len(hashes)} inference rows seen are exact repeats ({unique} distinct): "
         f"a cache or deduplication would skip their forward passes.",
