@@ -115,12 +115,12 @@ def aligned_width(width: int, multiple: int) -> int:
 
 
 DIM_UNALIGNED = HintSpec(
-    id='dim-unaligned', category='alignment', severity='warning',
+    id="dim-unaligned", category="alignment", severity="warning",
     title="Layer widths not multiples of the device's alignment",
     what="Fires when Linear/Conv dims that carry a real share of the FLOPs, other than widths fixed by the task or data (output classes, num_labels, input features), are not multiples of the device's alignment and the predicted gain is at least 10%.",
-    why='Unaligned GEMMs fall back to masked kernels: fp32 width 767 measured 1.35-1.53x slower than 768 on AVX2, 1.01-1.11x on AVX-512 (benchmarks/impacts.md); Tensor Cores need multiples of 8 (fp16/bf16).',
-    fix='Round the listed widths up to the one suggested multiple (the message names the layers).',
-    evidence=('alignment', 'dtype', 'unaligned_flop_share', 'widths', 'layers', 'suggested', 'task_fixed'),
+    why="Unaligned GEMMs fall back to masked kernels: fp32 width 767 measured 1.35-1.53x slower than 768 on AVX2, 1.01-1.11x on AVX-512 (benchmarks/impacts.md); Tensor Cores need multiples of 8 (fp16/bf16).",
+    fix="Round the listed widths up to the one suggested multiple (the message names the layers).",
+    evidence=("alignment", "dtype", "unaligned_flop_share", "widths", "layers", "suggested", "task_fixed"),
 )
 
 
@@ -178,12 +178,12 @@ def dim_unaligned(ctx: RunContext) -> Hint | None:
 
 
 VOCAB_UNALIGNED = HintSpec(
-    id='vocab-unaligned', category='alignment', severity='info',
-    title='Vocabulary projection not a multiple of 64',
-    what='Fires when an output projection onto the vocabulary (LM head, tied embeddings) has a size that is not a multiple of 64.',
+    id="vocab-unaligned", category="alignment", severity="info",
+    title="Vocabulary projection not a multiple of 64",
+    what="Fires when an output projection onto the vocabulary (LM head, tied embeddings) has a size that is not a multiple of 64.",
     why="The LM head is often the largest GEMM of a language model; padding the vocabulary to a multiple of 64 gives aligned tiles (nanoGPT's 50257 -> 50304 gave ~25%).",
-    fix='model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64).',
-    evidence=('vocab_size', 'layer', 'flop_share', 'suggested'),
+    fix="model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64).",
+    evidence=("vocab_size", "layer", "flop_share", "suggested"),
 )
 
 
@@ -215,12 +215,12 @@ def _matrix_accelerator(ctx: RunContext) -> bool:
 
 
 BATCH_SIZE_UNALIGNED = HintSpec(
-    id='batch-size-unaligned', category='alignment', severity='info',
-    title='Batch size not a multiple of 8',
-    what='Fires on an accelerator with matrix units when the batch size is not a multiple of 8.',
-    why='The batch dimension becomes a GEMM dimension; Tensor Core tiles want multiples of 8.',
-    fix='Use a batch size that is a multiple of 8 (the message gives the nearest).',
-    evidence=('batch_size', 'multiple', 'suggested', 'batches_seen'),
+    id="batch-size-unaligned", category="alignment", severity="info",
+    title="Batch size not a multiple of 8",
+    what="Fires on an accelerator with matrix units when the batch size is not a multiple of 8.",
+    why="The batch dimension becomes a GEMM dimension; Tensor Core tiles want multiples of 8.",
+    fix="Use a batch size that is a multiple of 8 (the message gives the nearest).",
+    evidence=("batch_size", "multiple", "suggested", "batches_seen"),
 )
 
 
@@ -246,12 +246,12 @@ def batch_size_unaligned(ctx: RunContext) -> Hint | None:
 
 
 SEQ_LEN_UNALIGNED = HintSpec(
-    id='seq-len-unaligned', category='alignment', severity='info',
-    title='Padded sequence lengths not multiples of 8',
-    what='Fires on an accelerator with matrix units when padded sequence lengths are not multiples of 8.',
-    why='Sequence length is a GEMM dimension in attention and every projection.',
-    fix='DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8) or tokenizer(..., pad_to_multiple_of=8).',
-    evidence=('unaligned_share', 'seq_lens', 'multiple', 'pad_to_multiple_of'),
+    id="seq-len-unaligned", category="alignment", severity="info",
+    title="Padded sequence lengths not multiples of 8",
+    what="Fires on an accelerator with matrix units when padded sequence lengths are not multiples of 8.",
+    why="Sequence length is a GEMM dimension in attention and every projection.",
+    fix="DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8) or tokenizer(..., pad_to_multiple_of=8).",
+    evidence=("unaligned_share", "seq_lens", "multiple", "pad_to_multiple_of"),
 )
 
 

@@ -42,12 +42,12 @@ def typical_batch_size(batches: list[BatchStats], loader_batch_size: int | None 
 
 
 BATCH_SIZE_SMALL = HintSpec(
-    id='batch-size-small', category='batch', severity='info',
-    title='Batch size leaves throughput on the table',
-    what='Fires when measured throughput still grows with the batch size (step time nearly flat when doubling it) and memory / latency budget allow more.',
-    why='Small batches leave the device underused: fixed per-step costs dominate.',
-    fix='Increase the batch size (Lightning: Tuner(trainer).scale_batch_size(model); HF: auto_find_batch_size=True), within latency_budget_ms.',
-    evidence=('batch_size', 'suggested_batch_size', 'latency_ms', 'throughput_gain', 'latency_budget_ms'),
+    id="batch-size-small", category="batch", severity="info",
+    title="Batch size leaves throughput on the table",
+    what="Fires when measured throughput still grows with the batch size (step time nearly flat when doubling it) and memory / latency budget allow more.",
+    why="Small batches leave the device underused: fixed per-step costs dominate.",
+    fix="Increase the batch size (Lightning: Tuner(trainer).scale_batch_size(model); HF: auto_find_batch_size=True), within latency_budget_ms.",
+    evidence=("batch_size", "suggested_batch_size", "latency_ms", "throughput_gain", "latency_budget_ms"),
 )
 
 

@@ -28,12 +28,12 @@ def _short(reason: str) -> str:
 
 
 COMPILE_RECOMPILES = HintSpec(
-    id='compile-recompiles', category='compile', severity='warning',
-    title='A compiled model recompiled during the observed steps',
+    id="compile-recompiles", category="compile", severity="warning",
+    title="A compiled model recompiled during the observed steps",
     what="Fires when torch.compile recompiled the model during warm-up, read from dynamo's own compilation records (the guard that failed, e.g. a new sequence length).",
-    why='Each recompilation costs seconds to minutes and, once torch._dynamo.config.cache_size_limit is reached, the model silently falls back to eager: one graph per padded length turns the compile win into a loss.',
-    fix='torch.compile(model, dynamic=True) or torch._dynamo.mark_dynamic(input_ids, 1); pad to a multiple (pad_to_multiple_of=64) or bucket lengths so few shapes occur.',
-    evidence=('recompiles', 'reasons', 'sizes_in_guards', 'seq_lens_seen', 'recompile_seconds', 'compiled_modules'),
+    why="Each recompilation costs seconds to minutes and, once torch._dynamo.config.cache_size_limit is reached, the model silently falls back to eager: one graph per padded length turns the compile win into a loss.",
+    fix="torch.compile(model, dynamic=True) or torch._dynamo.mark_dynamic(input_ids, 1); pad to a multiple (pad_to_multiple_of=64) or bucket lengths so few shapes occur.",
+    evidence=("recompiles", "reasons", "sizes_in_guards", "seq_lens_seen", "recompile_seconds", "compiled_modules"),
 )
 
 
@@ -70,12 +70,12 @@ def compile_recompiles(ctx: RunContext) -> Hint | None:
 
 
 COMPILE_GRAPH_BREAKS = HintSpec(
-    id='compile-graph-breaks', category='compile', severity='warning',
+    id="compile-graph-breaks", category="compile", severity="warning",
     title="A compiled model's forward has graph breaks",
     what="Fires when dynamo reports graph breaks while compiling the model (counts and reasons from dynamo's counters).",
-    why='Every graph break splits the model into separately compiled pieces with eager Python in between: fusion stops at each break and the pieces pay their own launch and guard costs.',
-    fix='Remove the listed constructs from forward (print, .item(), data-dependent Python control flow, unsupported calls); find them with torch._dynamo.explain(model)(*inputs) or TORCH_LOGS=graph_breaks.',
-    evidence=('graph_breaks', 'distinct_reasons', 'reasons', 'unique_graphs', 'compiled_modules'),
+    why="Every graph break splits the model into separately compiled pieces with eager Python in between: fusion stops at each break and the pieces pay their own launch and guard costs.",
+    fix="Remove the listed constructs from forward (print, .item(), data-dependent Python control flow, unsupported calls); find them with torch._dynamo.explain(model)(*inputs) or TORCH_LOGS=graph_breaks.",
+    evidence=("graph_breaks", "distinct_reasons", "reasons", "unique_graphs", "compiled_modules"),
 )
 
 

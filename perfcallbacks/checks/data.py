@@ -65,12 +65,12 @@ def suggested_workers(ctx: RunContext, wait: float, step: float) -> tuple[int, i
 
 
 DATALOADER_BOTTLENECK = HintSpec(
-    id='dataloader-bottleneck', category='data', severity='warning',
-    title='The model waits for data',
-    what='Fires when measured time waiting for the next batch is a large share (default > 20%) of the step time. Never fires on num_workers alone.',
-    why='Every second waiting for data is a second the device idles.',
-    fix='DataLoader(num_workers=N, persistent_workers=True) (pin_memory=True on CUDA); move tokenisation out of __getitem__.',
-    evidence=('data_wait_ms', 'step_ms', 'wait_share_of_step', 'steps_timed', 'num_workers', 'suggested_workers', 'physical_cores'),
+    id="dataloader-bottleneck", category="data", severity="warning",
+    title="The model waits for data",
+    what="Fires when measured time waiting for the next batch is a large share (default > 20%) of the step time. Never fires on num_workers alone.",
+    why="Every second waiting for data is a second the device idles.",
+    fix="DataLoader(num_workers=N, persistent_workers=True) (pin_memory=True on CUDA); move tokenisation out of __getitem__.",
+    evidence=("data_wait_ms", "step_ms", "wait_share_of_step", "steps_timed", "num_workers", "suggested_workers", "physical_cores"),
 )
 
 
@@ -108,12 +108,12 @@ def dataloader_bottleneck(ctx: RunContext) -> Hint | None:
 
 
 PIN_MEMORY_OFF = HintSpec(
-    id='pin-memory-off', category='data', severity='info',
-    title='Loader does not pin memory on a CUDA run',
-    what='Fires on CUDA runs whose DataLoader does not pin memory while host-to-device copies are significant.',
-    why='Pinned memory makes host-to-device copies faster and lets them overlap with compute (non_blocking=True).',
-    fix='DataLoader(pin_memory=True) / TrainingArguments(dataloader_pin_memory=True).',
-    evidence=('pin_memory', 'num_workers'),
+    id="pin-memory-off", category="data", severity="info",
+    title="Loader does not pin memory on a CUDA run",
+    what="Fires on CUDA runs whose DataLoader does not pin memory while host-to-device copies are significant.",
+    why="Pinned memory makes host-to-device copies faster and lets them overlap with compute (non_blocking=True).",
+    fix="DataLoader(pin_memory=True) / TrainingArguments(dataloader_pin_memory=True).",
+    evidence=("pin_memory", "num_workers"),
 )
 
 
@@ -149,12 +149,12 @@ STARTUP_EPOCH_SHARE = 0.05
 
 
 WORKERS_RESTART = HintSpec(
-    id='workers-restart', category='data', severity='warning',
-    title='Loader workers are started again every epoch',
-    what='Fires when a DataLoader with num_workers > 0 and persistent_workers=False spends a real share of the epoch (default > 5%) starting its workers: the wait for the first batch of an epoch, minus the steady-state wait, times the epochs to come.',
-    why='Without persistent_workers every epoch (and every validation run) forks the workers again and re-imports the dataset in each: users report minutes of start-up per epoch and +25% wall time.',
-    fix='Lightning / plain PyTorch: DataLoader(..., num_workers=N, persistent_workers=True); HF: TrainingArguments(dataloader_persistent_workers=True).',
-    evidence=('num_workers', 'persistent_workers', 'first_batch_wait_s', 'steady_wait_ms', 'startup_s_per_epoch', 'epoch_s_estimate', 'startup_share_of_epoch', 'epochs', 'batches_per_epoch', 'restarts_to_come', 'seconds_saved_estimate'),
+    id="workers-restart", category="data", severity="warning",
+    title="Loader workers are started again every epoch",
+    what="Fires when a DataLoader with num_workers > 0 and persistent_workers=False spends a real share of the epoch (default > 5%) starting its workers: the wait for the first batch of an epoch, minus the steady-state wait, times the epochs to come.",
+    why="Without persistent_workers every epoch (and every validation run) forks the workers again and re-imports the dataset in each: users report minutes of start-up per epoch and +25% wall time.",
+    fix="Lightning / plain PyTorch: DataLoader(..., num_workers=N, persistent_workers=True); HF: TrainingArguments(dataloader_persistent_workers=True).",
+    evidence=("num_workers", "persistent_workers", "first_batch_wait_s", "steady_wait_ms", "startup_s_per_epoch", "epoch_s_estimate", "startup_share_of_epoch", "epochs", "batches_per_epoch", "restarts_to_come", "seconds_saved_estimate"),
 )
 
 

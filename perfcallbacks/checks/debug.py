@@ -66,12 +66,12 @@ def _fix(ctx: RunContext, modes: list[str]) -> str:
 
 
 DEBUG_MODE_ON = HintSpec(
-    id='debug-mode-on', category='debug', severity='warning',
-    title='A debugging mode is left on during training',
-    what='Fires when anomaly detection (torch.autograd.set_detect_anomaly / Trainer(detect_anomaly=True)), CUDA_LAUNCH_BLOCKING=1, CUDA sync-debug mode, a profiler recording every step, or deterministic algorithms are on while training. Where it can be toggled safely (anomaly detection, deterministic algorithms) its cost is measured on one real batch (forward + backward with and without, no optimizer step); a measured cost under 5% of the step does not fire.',
-    why='Anomaly detection records a Python stack trace for every op and checks every gradient for NaN: measured here 1.3x to tens of x slower steps on small MLPs and a small CNN (benchmarks/debug_mode.md; more for many small ops and deep stacks). CUDA_LAUNCH_BLOCKING=1 (set by HF full_determinism=True) waits for every kernel, removing all CPU/GPU overlap; sync-debug mode and profilers add work to every op.',
-    fix='Lightning: Trainer(detect_anomaly=False, profiler=None, deterministic=False); HF: TrainingArguments(full_determinism=False) and do not export CUDA_LAUNCH_BLOCKING; plain PyTorch: torch.autograd.set_detect_anomaly(False), torch.cuda.set_sync_debug_mode(0), torch.use_deterministic_algorithms(False). Keep them for the debugging session only.',
-    evidence=('modes', 'sources'),
+    id="debug-mode-on", category="debug", severity="warning",
+    title="A debugging mode is left on during training",
+    what="Fires when anomaly detection (torch.autograd.set_detect_anomaly / Trainer(detect_anomaly=True)), CUDA_LAUNCH_BLOCKING=1, CUDA sync-debug mode, a profiler recording every step, or deterministic algorithms are on while training. Where it can be toggled safely (anomaly detection, deterministic algorithms) its cost is measured on one real batch (forward + backward with and without, no optimizer step); a measured cost under 5% of the step does not fire.",
+    why="Anomaly detection records a Python stack trace for every op and checks every gradient for NaN: measured here 1.3x to tens of x slower steps on small MLPs and a small CNN (benchmarks/debug_mode.md; more for many small ops and deep stacks). CUDA_LAUNCH_BLOCKING=1 (set by HF full_determinism=True) waits for every kernel, removing all CPU/GPU overlap; sync-debug mode and profilers add work to every op.",
+    fix="Lightning: Trainer(detect_anomaly=False, profiler=None, deterministic=False); HF: TrainingArguments(full_determinism=False) and do not export CUDA_LAUNCH_BLOCKING; plain PyTorch: torch.autograd.set_detect_anomaly(False), torch.cuda.set_sync_debug_mode(0), torch.use_deterministic_algorithms(False). Keep them for the debugging session only.",
+    evidence=("modes", "sources"),
 )
 
 

@@ -14,12 +14,12 @@ OVERSUBSCRIBED_IMPACT = 1.25
 
 
 GPU_UNUSED = HintSpec(
-    id='gpu-unused', category='device', severity='critical',
-    title='An accelerator is available but the run is on CPU',
-    what='Fires when CUDA/MPS/XPU devices are visible to the process but the model and batches are on the CPU.',
-    why='A GPU is typically 10-100x faster than a CPU for dense training; leaving it idle wastes the hardware.',
+    id="gpu-unused", category="device", severity="critical",
+    title="An accelerator is available but the run is on CPU",
+    what="Fires when CUDA/MPS/XPU devices are visible to the process but the model and batches are on the CPU.",
+    why="A GPU is typically 10-100x faster than a CPU for dense training; leaving it idle wastes the hardware.",
     fix='Lightning: Trainer(accelerator="auto"); HF: do not set use_cpu=True; plain PyTorch: model.to("cuda").',
-    evidence=('accelerators', 'accelerator_name', 'model_device'),
+    evidence=("accelerators", "accelerator_name", "model_device"),
 )
 
 
@@ -39,12 +39,12 @@ def gpu_unused(ctx: RunContext) -> Hint | None:
 
 
 GPUS_IDLE = HintSpec(
-    id='gpus-idle', category='device', severity='warning',
-    title='More accelerators are visible than the run uses',
-    what='Fires when the run uses fewer accelerators than the machine exposes.',
-    why='Idle GPUs are throughput left on the table: data parallelism scales nearly linearly for most models.',
+    id="gpus-idle", category="device", severity="warning",
+    title="More accelerators are visible than the run uses",
+    what="Fires when the run uses fewer accelerators than the machine exposes.",
+    why="Idle GPUs are throughput left on the table: data parallelism scales nearly linearly for most models.",
     fix='Lightning: Trainer(devices="auto", strategy="ddp"); HF: launch with torchrun --nproc_per_node N or accelerate launch.',
-    evidence=('devices_used', 'devices_visible'),
+    evidence=("devices_used", "devices_visible"),
 )
 
 
@@ -63,12 +63,12 @@ def gpus_idle(ctx: RunContext) -> Hint | None:
 
 
 DISTRIBUTED_SINGLE_PROCESS = HintSpec(
-    id='distributed-single-process', category='device', severity='warning',
-    title='Distributed strategy with world size 1',
-    what='Fires when a distributed strategy or launcher (DDP, FSDP, DeepSpeed, torchrun) runs a single process.',
-    why='Distributed wrappers add synchronisation and copies that buy nothing with one process.',
+    id="distributed-single-process", category="device", severity="warning",
+    title="Distributed strategy with world size 1",
+    what="Fires when a distributed strategy or launcher (DDP, FSDP, DeepSpeed, torchrun) runs a single process.",
+    why="Distributed wrappers add synchronisation and copies that buy nothing with one process.",
     fix='Use a single-device strategy (Lightning: strategy="auto") or launch more processes.',
-    evidence=('strategy', 'world_size'),
+    evidence=("strategy", "world_size"),
 )
 
 
@@ -85,13 +85,13 @@ def distributed_single_process(ctx: RunContext) -> Hint | None:
 
 
 CPU_OVERSUBSCRIBED = HintSpec(
-    id='cpu-oversubscribed', category='device', severity='warning',
-    title='More busy threads than physical cores',
-    what='Fires when processes x intra-op threads (plus busy DataLoader workers) exceed the physical cores in the affinity mask.',
-    why='Oversubscribed threads thrash caches and spin-wait: measured here, 2 processes x 2 threads on 2 cores serve 23-26% less than 2 x 1.',
-    fix='torch.set_num_threads(physical_cores // processes) in each process, or set OMP_NUM_THREADS before launch.',
-    evidence=('processes', 'intra_op_threads', 'loader_workers', 'workers_busy', 'busy_threads', 'physical_cores', 'omp_num_threads'),
-    fix_id='threads',
+    id="cpu-oversubscribed", category="device", severity="warning",
+    title="More busy threads than physical cores",
+    what="Fires when processes x intra-op threads (plus busy DataLoader workers) exceed the physical cores in the affinity mask.",
+    why="Oversubscribed threads thrash caches and spin-wait: measured here, 2 processes x 2 threads on 2 cores serve 23-26% less than 2 x 1.",
+    fix="torch.set_num_threads(physical_cores // processes) in each process, or set OMP_NUM_THREADS before launch.",
+    evidence=("processes", "intra_op_threads", "loader_workers", "workers_busy", "busy_threads", "physical_cores", "omp_num_threads"),
+    fix_id="threads",
 )
 
 
@@ -140,12 +140,12 @@ def fixed_shapes(shapes: list[tuple[int, ...]]) -> bool:
 
 
 CUDNN_BENCHMARK_OFF = HintSpec(
-    id='cudnn-benchmark-off', category='device', severity='info',
-    title='cuDNN autotuning off for fixed-shape convolutions',
+    id="cudnn-benchmark-off", category="device", severity="info",
+    title="cuDNN autotuning off for fixed-shape convolutions",
     what="Fires on a CUDA run of a conv model whose observed input shapes are all the same while torch.backends.cudnn.benchmark is False (Lightning's default unless benchmark=True; HF never sets it).",
-    why='With benchmark on, cuDNN times its convolution algorithms once per input shape and keeps the fastest; with fixed shapes that search is paid once and every later step gains.',
-    fix='Lightning: Trainer(benchmark=True); HF / plain PyTorch: torch.backends.cudnn.benchmark = True before training.',
-    evidence=('input_shape', 'shapes_observed', 'distinct_shapes', 'conv2d_layers', 'cudnn_benchmark', 'device'),
+    why="With benchmark on, cuDNN times its convolution algorithms once per input shape and keeps the fastest; with fixed shapes that search is paid once and every later step gains.",
+    fix="Lightning: Trainer(benchmark=True); HF / plain PyTorch: torch.backends.cudnn.benchmark = True before training.",
+    evidence=("input_shape", "shapes_observed", "distinct_shapes", "conv2d_layers", "cudnn_benchmark", "device"),
 )
 
 

@@ -15,12 +15,12 @@ def _accumulation(ctx: RunContext) -> int:
 
 
 DDP_FIND_UNUSED = HintSpec(
-    id='ddp-find-unused', category='distributed', severity='warning',
-    title='DDP searches for unused parameters that do not exist',
-    what='Fires when DistributedDataParallel runs with find_unused_parameters=True and every trainable parameter received a gradient in every observed step. The HF Trainer turns it on by itself for every model without gradient checkpointing when ddp_find_unused_parameters is unset.',
-    why='With find_unused_parameters=True DDP walks the whole autograd graph after every forward to find parameters that will get no gradient, and it cannot overlap that search with the backward; reported costs range from a few percent to hours per epoch.',
+    id="ddp-find-unused", category="distributed", severity="warning",
+    title="DDP searches for unused parameters that do not exist",
+    what="Fires when DistributedDataParallel runs with find_unused_parameters=True and every trainable parameter received a gradient in every observed step. The HF Trainer turns it on by itself for every model without gradient checkpointing when ddp_find_unused_parameters is unset.",
+    why="With find_unused_parameters=True DDP walks the whole autograd graph after every forward to find parameters that will get no gradient, and it cannot overlap that search with the backward; reported costs range from a few percent to hours per epoch.",
     fix='Lightning: Trainer(strategy="ddp") (not "ddp_find_unused_parameters_true"), or DDPStrategy(static_graph=True); HF: TrainingArguments(ddp_find_unused_parameters=False); plain PyTorch: DistributedDataParallel(model, find_unused_parameters=False) or static_graph=True.',
-    evidence=('world_size', 'find_unused_parameters', 'static_graph', 'source', 'steps_observed', 'parameters_with_grad_every_step', 'accumulate_grad_batches'),
+    evidence=("world_size", "find_unused_parameters", "static_graph", "source", "steps_observed", "parameters_with_grad_every_step", "accumulate_grad_batches"),
 )
 
 

@@ -49,12 +49,12 @@ def _ms(seconds: float) -> str:
 
 
 GRAD_IN_INFERENCE = HintSpec(
-    id='grad-in-inference', category='inference', severity='warning',
-    title='Inference with autograd on or in train mode',
-    what='Fires when a validation/predict forward runs with autograd enabled or the model in train mode.',
-    why='Autograd keeps activations alive for a backward that never comes; train mode keeps dropout on.',
-    fix='Wrap inference in torch.inference_mode() and call model.eval().',
-    evidence=('calls', 'grad_enabled_calls', 'train_mode_calls', 'stage', 'grad_overhead_measured'),
+    id="grad-in-inference", category="inference", severity="warning",
+    title="Inference with autograd on or in train mode",
+    what="Fires when a validation/predict forward runs with autograd enabled or the model in train mode.",
+    why="Autograd keeps activations alive for a backward that never comes; train mode keeps dropout on.",
+    fix="Wrap inference in torch.inference_mode() and call model.eval().",
+    evidence=("calls", "grad_enabled_calls", "train_mode_calls", "stage", "grad_overhead_measured"),
 )
 
 
@@ -87,13 +87,13 @@ def grad_in_inference(ctx: RunContext) -> Hint | None:
 
 
 INT8_AVAILABLE = HintSpec(
-    id='int8-available', category='inference', severity='info',
-    title='int8 dynamic quantization would speed up CPU inference',
-    what='Fires for CPU inference of a Linear-heavy fp32 model. Not after auto_apply applied int8 (the fix entry carries the numbers).',
-    why='int8 GEMMs do ~2-4x the work per cycle of fp32 on x86: measured on MiniLM, 1.25-1.37x end to end on AVX2, 2.3-3.0x with AVX-512 VNNI (benchmarks/impacts.md).',
-    fix='PerfHintCallback(auto_apply=True) / HFPerfHints(auto_apply=True) / Advisor(auto_apply=True).optimize_inference(model, batch) measure and apply guarded int8 on the job; perfcallbacks.quantize_for_export(model, path, example_inputs=batch) writes an int8 artifact.',
-    evidence=('linear_flop_share', 'linear_params', 'int8_support', 'measured_speedup', 'fidelity'),
-    fix_id='dynamic-quantization',
+    id="int8-available", category="inference", severity="info",
+    title="int8 dynamic quantization would speed up CPU inference",
+    what="Fires for CPU inference of a Linear-heavy fp32 model. Not after auto_apply applied int8 (the fix entry carries the numbers).",
+    why="int8 GEMMs do ~2-4x the work per cycle of fp32 on x86: measured on MiniLM, 1.25-1.37x end to end on AVX2, 2.3-3.0x with AVX-512 VNNI (benchmarks/impacts.md).",
+    fix="PerfHintCallback(auto_apply=True) / HFPerfHints(auto_apply=True) / Advisor(auto_apply=True).optimize_inference(model, batch) measure and apply guarded int8 on the job; perfcallbacks.quantize_for_export(model, path, example_inputs=batch) writes an int8 artifact.",
+    evidence=("linear_flop_share", "linear_params", "int8_support", "measured_speedup", "fidelity"),
+    fix_id="dynamic-quantization",
 )
 
 
@@ -153,13 +153,13 @@ def int8_available(ctx: RunContext) -> Hint | None:
 
 
 AUTOCAST_AVAILABLE = HintSpec(
-    id='autocast-available', category='inference', severity='info',
-    title='Accelerator inference in fp32',
-    what='Fires for accelerator inference in fp32 where fp16/bf16 autocast is supported.',
-    why='Low-precision inference uses Tensor Cores and halves memory traffic.',
+    id="autocast-available", category="inference", severity="info",
+    title="Accelerator inference in fp32",
+    what="Fires for accelerator inference in fp32 where fp16/bf16 autocast is supported.",
+    why="Low-precision inference uses Tensor Cores and halves memory traffic.",
     fix='with torch.autocast("cuda", dtype=torch.bfloat16): ... (or auto_apply=True to measure it).',
-    evidence=('device', 'param_dtype', 'autocast_dtype', 'autocast_calls', 'measured_speedup'),
-    fix_id='autocast',
+    evidence=("device", "param_dtype", "autocast_dtype", "autocast_calls", "measured_speedup"),
+    fix_id="autocast",
 )
 
 
@@ -196,13 +196,13 @@ def autocast_available(ctx: RunContext) -> Hint | None:
 
 
 THREADS_UNTUNED = HintSpec(
-    id='threads-untuned', category='inference', severity='info',
-    title='Intra-op thread count is not the measured best',
-    what='Fires when the measured best intra-op thread count for inference differs from the current one.',
-    why='Too many threads per worker oversubscribe cores; too few leave them idle.',
-    fix='torch.set_num_threads(N) with the measured N (auto_apply=True does it).',
-    evidence=('current_threads', 'best_threads', 'latency_ms', 'dropped_as_implausible'),
-    fix_id='threads',
+    id="threads-untuned", category="inference", severity="info",
+    title="Intra-op thread count is not the measured best",
+    what="Fires when the measured best intra-op thread count for inference differs from the current one.",
+    why="Too many threads per worker oversubscribe cores; too few leave them idle.",
+    fix="torch.set_num_threads(N) with the measured N (auto_apply=True does it).",
+    evidence=("current_threads", "best_threads", "latency_ms", "dropped_as_implausible"),
+    fix_id="threads",
 )
 
 
@@ -249,12 +249,12 @@ def threads_untuned(ctx: RunContext) -> Hint | None:
 
 
 REPEATED_INPUTS = HintSpec(
-    id='repeated-inputs', category='inference', severity='info',
-    title='Identical inputs seen repeatedly in predict',
-    what='Fires when identical inputs are seen repeatedly across predict batches.',
-    why='Recomputing the same outputs wastes the whole forward pass; a cache returns them for free.',
-    fix='Deduplicate inputs before predict or cache outputs by input hash (functools.lru_cache on a tuple of token ids).',
-    evidence=('rows_seen', 'distinct_rows', 'duplicate_share', 'batches_seen'),
+    id="repeated-inputs", category="inference", severity="info",
+    title="Identical inputs seen repeatedly in predict",
+    what="Fires when identical inputs are seen repeatedly across predict batches.",
+    why="Recomputing the same outputs wastes the whole forward pass; a cache returns them for free.",
+    fix="Deduplicate inputs before predict or cache outputs by input hash (functools.lru_cache on a tuple of token ids).",
+    evidence=("rows_seen", "distinct_rows", "duplicate_share", "batches_seen"),
 )
 
 

@@ -14,13 +14,13 @@ WARNING_SPEEDUP = 1.2
 
 
 CHANNELS_LAST_OFF = HintSpec(
-    id='channels-last-off', category='layout', severity='info',
-    title='A conv model runs in contiguous (NCHW) memory format',
+    id="channels-last-off", category="layout", severity="info",
+    title="A conv model runs in contiguous (NCHW) memory format",
     what="Fires when most of a model's FLOPs are in Conv2d layers, it runs in the default contiguous format, and channels_last measured faster on a real batch (CPU oneDNN or cuDNN).",
-    why='Convolution kernels (cuDNN on Tensor Cores, oneDNN on CPUs) work in NHWC: contiguous inputs are converted on every layer. ResNet-50 trains ~22% faster in channels_last on GPUs.',
-    fix='model = model.to(memory_format=torch.channels_last) and images = images.to(memory_format=torch.channels_last); auto_apply=True measures and applies it for validate/test/predict.',
-    evidence=('conv2d_layers', 'conv2d_flop_share', 'input_shape', 'inputs_channels_last'),
-    fix_id='channels-last',
+    why="Convolution kernels (cuDNN on Tensor Cores, oneDNN on CPUs) work in NHWC: contiguous inputs are converted on every layer. ResNet-50 trains ~22% faster in channels_last on GPUs.",
+    fix="model = model.to(memory_format=torch.channels_last) and images = images.to(memory_format=torch.channels_last); auto_apply=True measures and applies it for validate/test/predict.",
+    evidence=("conv2d_layers", "conv2d_flop_share", "input_shape", "inputs_channels_last"),
+    fix_id="channels-last",
 )
 
 

@@ -36,12 +36,12 @@ def is_classifier(ctx: RunContext) -> bool:
 
 
 SMALLER_MODEL_AVAILABLE = HintSpec(
-    id='smaller-model-available', category='model', severity='info',
-    title='A BERT-base-sized encoder used for classification',
-    what='Fires when an encoder of 12 layers x 768 hidden or larger is used for sequence classification.',
+    id="smaller-model-available", category="model", severity="info",
+    title="A BERT-base-sized encoder used for classification",
+    what="Fires when an encoder of 12 layers x 768 hidden or larger is used for sequence classification.",
     why="DistilBERT (6 layers) keeps ~97% of BERT-base's GLUE score at 2x the speed; MiniLM-class models are faster still.",
-    fix='Try distilbert-base-uncased or a MiniLM checkpoint and compare validation metrics.',
-    evidence=('num_layers', 'hidden_size', 'model_type', 'model_class'),
+    fix="Try distilbert-base-uncased or a MiniLM checkpoint and compare validation metrics.",
+    evidence=("num_layers", "hidden_size", "model_type", "model_class"),
 )
 
 

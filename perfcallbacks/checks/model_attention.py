@@ -18,13 +18,13 @@ WARNING_SPEEDUP = 1.1
 
 
 ATTENTION_EAGER = HintSpec(
-    id='attention-eager', category='model', severity='warning',
-    title='Attention computed eagerly where SDPA exists',
+    id="attention-eager", category="model", severity="warning",
+    title="Attention computed eagerly where SDPA exists",
     what='Fires when an HF model runs with attn_implementation="eager" while its class supports SDPA, or a module computes softmax(q @ k^T) @ v by hand; the SDPA speedup is measured on a real batch where the model allows the switch.',
-    why='torch.nn.functional.scaled_dot_product_attention fuses the score matrix, softmax and weighting into one kernel (flash / memory-efficient on GPUs): BERT-class training 12-35% faster with much less memory.',
+    why="torch.nn.functional.scaled_dot_product_attention fuses the score matrix, softmax and weighting into one kernel (flash / memory-efficient on GPUs): BERT-class training 12-35% faster with much less memory.",
     fix='HF: from_pretrained(..., attn_implementation="sdpa") (or model.set_attn_implementation("sdpa")); hand-written attention: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask). auto_apply=True measures and applies SDPA for validate/test/predict.',
     evidence=(),
-    fix_id='sdpa',
+    fix_id="sdpa",
 )
 
 

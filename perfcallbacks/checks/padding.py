@@ -246,12 +246,12 @@ def _lengths_summary(batches: Sequence[BatchStats]) -> dict[str, float]:
 
 
 PADDING_WASTE = HintSpec(
-    id='padding-waste', category='padding', severity='warning',
-    title='Most of the batch is padding',
-    what='Fires when the measured share of pad tokens in observed batches exceeds the threshold (default 25%).',
-    why='Pad tokens cost the same compute as real ones: measured on MiniLM here, length-grouped dynamic padding gives 3.3-5x the throughput of max_length=128 padding (benchmarks/padding.md).',
+    id="padding-waste", category="padding", severity="warning",
+    title="Most of the batch is padding",
+    what="Fires when the measured share of pad tokens in observed batches exceeds the threshold (default 25%).",
+    why="Pad tokens cost the same compute as real ones: measured on MiniLM here, length-grouped dynamic padding gives 3.3-5x the throughput of max_length=128 padding (benchmarks/padding.md).",
     fix='Dynamic padding (DataCollatorWithPadding) plus length-grouped batches (HF: train_sampling_strategy="group_by_length"; predict: perfcallbacks.padding.length_grouped_batches).',
-    evidence=('pad_fraction', 'batches_seen', 'padded_len_max', 'real_len_median', 'real_len_max', 'real_len_mean', 'grouped_pad_fraction', 'batch_size', 'collator', 'sampling_strategy'),
+    evidence=("pad_fraction", "batches_seen", "padded_len_max", "real_len_median", "real_len_max", "real_len_mean", "grouped_pad_fraction", "batch_size", "collator", "sampling_strategy"),
 )
 
 
@@ -287,12 +287,12 @@ def padding_waste(ctx: RunContext) -> Hint | None:
 
 
 STATIC_PADDING = HintSpec(
-    id='static-padding', category='padding', severity='warning',
-    title='Every batch padded to one fixed length',
-    what='Fires when every observed batch is padded to the same length, far above the real lengths.',
+    id="static-padding", category="padding", severity="warning",
+    title="Every batch padded to one fixed length",
+    what="Fires when every observed batch is padded to the same length, far above the real lengths.",
     why='padding="max_length" pays for the longest possible input on every batch.',
-    fix='Tokenize without padding and pad per batch: DataCollatorWithPadding(tokenizer).',
-    evidence=('padded_len', 'batches_seen', 'batch_longest_mean', 'batch_longest_max', 'pad_fraction', 'tokenizer_padding'),
+    fix="Tokenize without padding and pad per batch: DataCollatorWithPadding(tokenizer).",
+    evidence=("padded_len", "batches_seen", "batch_longest_mean", "batch_longest_max", "pad_fraction", "tokenizer_padding"),
 )
 
 

@@ -32,12 +32,12 @@ def precision_dtypes(ctx: RunContext) -> set[str]:
 
 
 TENSOR_CORES_IDLE = HintSpec(
-    id='tensor-cores-idle', category='precision', severity='warning',
-    title='Tensor Cores idle: training in plain fp32',
+    id="tensor-cores-idle", category="precision", severity="warning",
+    title="Tensor Cores idle: training in plain fp32",
     what="Fires on a device with Tensor Cores when the run is in fp32 without autocast and matmul precision is 'highest'.",
-    why='Tensor Cores deliver 8-16x the fp32 matmul throughput in bf16/fp16 and ~8x in TF32.',
+    why="Tensor Cores deliver 8-16x the fp32 matmul throughput in bf16/fp16 and ~8x in TF32.",
     fix='Lightning: Trainer(precision="bf16-mixed") ("16-mixed" before Ampere) and torch.set_float32_matmul_precision("high"); HF: TrainingArguments(bf16=True, tf32=True).',
-    evidence=('param_dtype', 'precision', 'matmul_precision', 'device'),
+    evidence=("param_dtype", "precision", "matmul_precision", "device"),
 )
 
 
@@ -73,12 +73,12 @@ def tensor_cores_idle(ctx: RunContext) -> Hint | None:
 
 
 HALF_ON_CPU = HintSpec(
-    id='half-on-cpu', category='precision', severity='warning',
-    title='fp16 on a CPU',
-    what='Fires when the model holds fp16 weights or runs under fp16 autocast on a CPU.',
-    why='CPUs without AMX-FP16 have no fp16 arithmetic: every op converts to fp32 and back, usually slower than fp32.',
+    id="half-on-cpu", category="precision", severity="warning",
+    title="fp16 on a CPU",
+    what="Fires when the model holds fp16 weights or runs under fp16 autocast on a CPU.",
+    why="CPUs without AMX-FP16 have no fp16 arithmetic: every op converts to fp32 and back, usually slower than fp32.",
     fix='Keep fp32 on CPU (Lightning precision="32-true"); use bf16 only on AMX / AVX512-BF16 CPUs; for inference try int8 dynamic quantization.',
-    evidence=('param_dtype', 'autocast_dtype', 'precision', 'fp16_support'),
+    evidence=("param_dtype", "autocast_dtype", "precision", "fp16_support"),
 )
 
 
@@ -97,12 +97,12 @@ def half_on_cpu(ctx: RunContext) -> Hint | None:
 
 
 BF16_EMULATED = HintSpec(
-    id='bf16-emulated', category='precision', severity='warning',
-    title='bf16 requested on a device without fast bf16',
-    what='Fires when bf16 weights or bf16 autocast run on a device whose bf16 is emulated (AVX2 CPUs, pre-Ampere GPUs).',
-    why='Emulated bf16 converts through fp32 on every op: measured here, bf16 autocast on AVX2 is 6.1x slower than fp32.',
+    id="bf16-emulated", category="precision", severity="warning",
+    title="bf16 requested on a device without fast bf16",
+    what="Fires when bf16 weights or bf16 autocast run on a device whose bf16 is emulated (AVX2 CPUs, pre-Ampere GPUs).",
+    why="Emulated bf16 converts through fp32 on every op: measured here, bf16 autocast on AVX2 is 6.1x slower than fp32.",
     fix='Use fp32 (CPU) or fp16 mixed precision (pre-Ampere GPUs: precision="16-mixed" / fp16=True).',
-    evidence=('precision', 'param_dtype', 'autocast_dtype', 'bf16_support', 'isa'),
+    evidence=("precision", "param_dtype", "autocast_dtype", "bf16_support", "isa"),
 )
 
 
@@ -148,12 +148,12 @@ def _tokens_per_step(ctx: RunContext) -> int | None:
 
 
 FP8_ELIGIBLE = HintSpec(
-    id='fp8-eligible', category='precision', severity='info',
-    title='Linear layers large enough to gain from FP8',
-    what='Fires on an FP8-capable device (H100/H200/B200 or real) when Linear layers at or above the break-even size (both dims >= 2048, and >= 2048 tokens per step where tokens are known) carry most of the Linear FLOPs and the run is not in FP8.',
-    why='FP8 GEMMs double the Tensor Core throughput of bf16, but the casts cost a fixed share per layer: torchao measures 1.39x on large layers and 0.80x on small ones.',
-    fix='from torchao.float8 import convert_to_float8_training; convert_to_float8_training(model, module_filter_fn=lambda m, name: isinstance(m, torch.nn.Linear) and min(m.in_features, m.out_features) >= 2048) with bf16 mixed precision.',
-    evidence=('device', 'eligible_layers', 'eligible_flop_share', 'break_even_dim', 'break_even_tokens', 'tokens_per_step', 'layers'),
+    id="fp8-eligible", category="precision", severity="info",
+    title="Linear layers large enough to gain from FP8",
+    what="Fires on an FP8-capable device (H100/H200/B200 or real) when Linear layers at or above the break-even size (both dims >= 2048, and >= 2048 tokens per step where tokens are known) carry most of the Linear FLOPs and the run is not in FP8.",
+    why="FP8 GEMMs double the Tensor Core throughput of bf16, but the casts cost a fixed share per layer: torchao measures 1.39x on large layers and 0.80x on small ones.",
+    fix="from torchao.float8 import convert_to_float8_training; convert_to_float8_training(model, module_filter_fn=lambda m, name: isinstance(m, torch.nn.Linear) and min(m.in_features, m.out_features) >= 2048) with bf16 mixed precision.",
+    evidence=("device", "eligible_layers", "eligible_flop_share", "break_even_dim", "break_even_tokens", "tokens_per_step", "layers"),
 )
 
 
