@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from perfcallbacks.model_facts import hidden_size
+from perfcallbacks.model_facts import hidden_size, model_device
 
 __all__ = [
     "call_model",
@@ -249,18 +249,7 @@ def _no_sync() -> None:
     return None
 
 
-def device_of(model: Any = None, batch: Any = None) -> torch.device:
-    """The device a timing must synchronise: the model's first parameter/buffer, else the batch's first tensor."""
-    if isinstance(model, nn.Module):
-        for tensor in model.parameters():
-            return tensor.device
-        for tensor in model.buffers():
-            return tensor.device
-    from perfcallbacks.observe import iter_tensors
-
-    for _, tensor in iter_tensors(batch):
-        return tensor.device
-    return torch.device("cpu")
+device_of = model_device  # the name the timings (and the fix pipeline) use
 
 
 def median_time(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1,

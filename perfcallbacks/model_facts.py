@@ -40,10 +40,11 @@ class GemmLayer:
     share: float  # of all Linear/Conv FLOPs in the model
 
 
-def model_device(model: nn.Module | None) -> torch.device:
-    """Where ``model`` lives: its first parameter's device, else its first buffer's, else the CPU.
+def model_device(model: Any = None, batch: Any = None) -> torch.device:
+    """Where ``model`` lives: its first parameter's device, else its first buffer's, else the device
+    of ``batch``'s first tensor (a model without tensors runs where its input is), else the CPU.
 
-    The one "device of a model" in the package (checks, probes, fixes and helpers).
+    The one "device of a model" in the package (checks, probes, timings, fixes and helpers).
 
     Example::
 
@@ -51,10 +52,15 @@ def model_device(model: nn.Module | None) -> torch.device:
         >>> model_device(nn.Linear(2, 2)).type, model_device(None).type
         ('cpu', 'cpu')
     """
-    if model is not None:
+    if isinstance(model, nn.Module):
         for tensor in model.parameters():
             return tensor.device
         for tensor in model.buffers():
+            return tensor.device
+    if batch is not None:
+        from perfcallbacks.observe import iter_tensors
+
+        for _, tensor in iter_tensors(batch):
             return tensor.device
     return torch.device("cpu")
 
