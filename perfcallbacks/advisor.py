@@ -32,7 +32,7 @@ from perfcallbacks.options import Options
 from perfcallbacks.process_state import ProcessState
 from perfcallbacks.observe import StepTimer, batch_stats
 from perfcallbacks.report import FixResult, Report, save_report_safely
-from perfcallbacks.run_facts import RunFacts, collect_run_facts
+from perfcallbacks.run_facts import collect_run_facts
 
 log = logging.getLogger("perfcallbacks")
 
@@ -358,13 +358,12 @@ class Advisor:
             log.debug("perfcallbacks: could not capture process facts", exc_info=True)
         if phase == "warmup":
             self._sync_timings()
-        try:
-            ctx.facts = collect_run_facts(ctx)
-        except Exception as err:  # principle 1: the checks then see "unknown" facts
-            log.debug("perfcallbacks: could not collect run facts", exc_info=True)
-            ctx.facts = RunFacts()
-            self.check_failures.append({"check": "perfcallbacks.run_facts", "phase": phase,
+        def unreadable(part: str, err: Exception) -> None:  # that fact stays unknown; the others are read
+            log.debug("perfcallbacks: could not read the %s facts", part, exc_info=err)
+            self.check_failures.append({"check": f"perfcallbacks.run_facts.{part}", "phase": phase,
                                         "error": f"{type(err).__name__}: {err}"})
+
+        ctx.facts = collect_run_facts(ctx, on_error=unreadable)
 
     def _judge(self, phase: str) -> list[Hint]:
         """Run the phase's checks on the gathered context: record failures, split off suppressed hints."""

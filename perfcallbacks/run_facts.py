@@ -18,14 +18,16 @@ A test builds facts in one line and calls a check directly::
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from perfcallbacks.model_facts import ModelFacts
 
 if TYPE_CHECKING:
     from perfcallbacks.context import RunContext
+
+T = TypeVar("T")
 
 
 def _number(value: Any) -> float | None:
@@ -193,10 +195,25 @@ def installed_version(package: str) -> str | None:
         return None
 
 
-def collect_run_facts(ctx: RunContext) -> RunFacts:
-    """Read the model, the settings and the measurements once, for this phase's checks."""
-    version = _text(ctx.settings.get("transformers_version"))
-    return RunFacts(model=ModelFacts.of(ctx.model), hf=HFSettings.from_raw(ctx.settings),
-                    lightning=LightningSettings.from_raw(ctx.settings.get("lightning")),
-                    measured=Measurements.from_raw(ctx.measurements),
-                    transformers_version=version or installed_version("transformers"))
+def collect_run_facts(ctx: RunContext, on_error: Callable[[str, Exception], None] | None = None) -> RunFacts:
+    """Read the model, the settings and the measurements once, for this phase's checks.
+
+    Each part is read on its own: one that raises (an odd model, a malformed setting) is reported to
+    ``on_error`` and left "unknown", so the checks that do not need it still see the others.
+    """
+    def part(name: str, read: Callable[[], T], default: T) -> T:
+        try:
+            return read()
+        except Exception as err:  # principle 1: a fact we cannot read is unknown, never a crash
+            if on_error is not None:
+                on_error(name, err)
+            return default
+
+    version = part("transformers_version", lambda: _text(ctx.settings.get("transformers_version"))
+                   or installed_version("transformers"), None)
+    return RunFacts(model=part("model", lambda: ModelFacts.of(ctx.model), ModelFacts()),
+                    hf=part("hf", lambda: HFSettings.from_raw(ctx.settings), HFSettings()),
+                    lightning=part("lightning", lambda: LightningSettings.from_raw(ctx.settings.get("lightning")),
+                                   LightningSettings()),
+                    measured=part("measured", lambda: Measurements.from_raw(ctx.measurements), Measurements()),
+                    transformers_version=version)
