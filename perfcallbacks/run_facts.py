@@ -2,7 +2,7 @@
 
 The adapters and probes collect into plain dicts (``RunContext.settings``,
 ``RunContext.measurements``: their producers write them at different moments,
-and the report of a probe is plain JSON-able data). :func:`collect_run_facts`
+and probe results stay plain JSON-able data). :func:`collect_run_facts`
 reads those dicts and the live model exactly once per phase and turns them into
 the frozen records below; a check reads only ``ctx.facts`` and never a dict key
 or an ``nn.Module``. The keys are parsed here and nowhere else, so a renamed key
@@ -11,7 +11,7 @@ a check.
 
 A test builds facts in one line and calls a check directly::
 
-    ctx = RunContext(local=DeviceProfile.preset("avx2"), phase="inference")
+    ctx = RunContext(local=DeviceProfile.preset("cpu-avx2"), phase="inference")
     ctx.facts = RunFacts(measured=Measurements(grad_overhead=1.3))
 """
 
