@@ -32,6 +32,7 @@ from perfcallbacks.options import Options
 from perfcallbacks.process_state import ProcessState
 from perfcallbacks.observe import StepTimer, batch_stats
 from perfcallbacks.report import FixResult, Report, save_report_safely
+from perfcallbacks.run_facts import collect_run_facts
 
 log = logging.getLogger("perfcallbacks")
 
@@ -335,39 +336,54 @@ class Advisor:
         A check that raises becomes a DEBUG log line and an entry in
         ``check_failures``; the others still run.
         """
+        with self.timed():
+            self._gather_facts(phase)
+            new = self._judge(phase)
+        self.emit_warnings(new)
+        return new
+
+    def _gather_facts(self, phase: str) -> None:
+        """Everything the checks read, read once: process facts, timings, then the typed run facts."""
+        ctx = self.context
+        ctx.phase = phase
+        try:
+            ctx.matmul_precision = torch.get_float32_matmul_precision()
+        except RuntimeError:  # mixed legacy allow_tf32 and the new API: torch cannot say
+            log.debug("perfcallbacks: float32 matmul precision unreadable", exc_info=True)
+        if ctx.threads is None:
+            self.capture_threads()
+        try:
+            capture_process_facts(ctx, ctx.model)
+        except Exception:  # principle 1
+            log.debug("perfcallbacks: could not capture process facts", exc_info=True)
+        if phase == "warmup":
+            self._sync_timings()
+        def unreadable(part: str, err: Exception) -> None:  # that fact stays unknown; the others are read
+            log.debug("perfcallbacks: could not read the %s facts", part, exc_info=err)
+            self.check_failures.append({"check": f"perfcallbacks.run_facts.{part}", "phase": phase,
+                                        "error": f"{type(err).__name__}: {err}"})
+
+        ctx.facts = collect_run_facts(ctx, on_error=unreadable)
+
+    def _judge(self, phase: str) -> list[Hint]:
+        """Run the phase's checks on the gathered context: record failures, split off suppressed hints."""
         from perfcallbacks.checks import checks_for
 
         new: list[Hint] = []
-        with self.timed():
-            ctx = self.context
-            ctx.phase = phase
+        for chk in checks_for(phase):
             try:
-                ctx.matmul_precision = torch.get_float32_matmul_precision()
-            except RuntimeError:  # mixed legacy allow_tf32 and the new API: torch cannot say
-                log.debug("perfcallbacks: float32 matmul precision unreadable", exc_info=True)
-            if ctx.threads is None:
-                self.capture_threads()
-            try:
-                capture_process_facts(ctx, ctx.model)
-            except Exception:  # principle 1
-                log.debug("perfcallbacks: could not capture process facts", exc_info=True)
-            if phase == "warmup":
-                self._sync_timings()
-            for chk in checks_for(phase):
-                try:
-                    result = chk.fn(ctx)
-                except Exception as err:  # principle 1: a check never breaks the run
-                    log.debug("perfcallbacks: check %s failed", chk.name, exc_info=True)
-                    self.check_failures.append({"check": chk.name, "phase": phase,
-                                                "error": f"{type(err).__name__}: {err}"})
-                    continue
-                for hint in _as_list(result):
-                    if hint.id in self.suppress:
-                        hint.suppressed = True  # kept in the report, marked; never warned or tabled
-                        self.suppressed_hints.put(hint)
-                    elif self.hints.put(hint):
-                        new.append(hint)
-        self.emit_warnings(new)
+                result = chk.fn(self.context)
+            except Exception as err:  # principle 1: a check never breaks the run
+                log.debug("perfcallbacks: check %s failed", chk.name, exc_info=True)
+                self.check_failures.append({"check": chk.name, "phase": phase,
+                                            "error": f"{type(err).__name__}: {err}"})
+                continue
+            for hint in _as_list(result):
+                if hint.id in self.suppress:
+                    hint.suppressed = True  # kept in the report, marked; never warned or tabled
+                    self.suppressed_hints.put(hint)
+                elif self.hints.put(hint):
+                    new.append(hint)
         return new
 
     def emit_warnings(self, hints: Iterable[Hint]) -> None:

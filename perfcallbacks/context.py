@@ -7,15 +7,18 @@ hand (with a preset ``DeviceProfile``) to exercise checks without hardware.
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from torch import nn
-
+from perfcallbacks._lazy import lazy_module
 from perfcallbacks.device import DeviceProfile
+from perfcallbacks.run_facts import RunFacts
+
+torch = lazy_module("torch")  # loads on first use: the checks import this module (see _lazy)
+nn = lazy_module("torch.nn")
 
 
 @dataclass
@@ -91,8 +94,8 @@ class LoaderInfo:
             persistent_workers=bool(getattr(loader, "persistent_workers", False)),
             has_len=has_len,
             iterable_dataset=isinstance(dataset, torch.utils.data.IterableDataset),
-            collate_fn=_qualname(collate),
-            sampler=_qualname(sampler),
+            collate_fn=qualified_name(collate),
+            sampler=qualified_name(sampler),
             drop_last=bool(getattr(loader, "drop_last", False)),
         )
 
@@ -135,6 +138,30 @@ class InferenceInfo:
     stage: str | None = None
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """A warm-up probe's result, typed: median seconds per forward+backward of the run as it is
+    (``baseline_s``) and with the change (``variant_s``), or why it was not measured."""
+
+    speedup: float | None = None
+    baseline_s: float | None = None
+    variant_s: float | None = None
+    not_measured: str | None = None  # the probe's "skipped" or "error" reason
+
+    @classmethod
+    def from_probe(cls, measured: dict[str, Any], baseline: str, variant: str) -> Comparison:
+        """Read a probe's dict (``facts._probe_*`` writes it) once, here, so checks use no key strings."""
+        def seconds(key: str) -> float | None:
+            value = measured.get(key)
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+        speedup = measured.get("speedup")
+        reason = measured.get("skipped") or measured.get("error")
+        return cls(speedup=float(speedup) if isinstance(speedup, (int, float)) and not isinstance(speedup, bool)
+                   else None, baseline_s=seconds(baseline), variant_s=seconds(variant),
+                   not_measured=str(reason) if reason else None)
+
+
 @dataclass
 class DebugFacts:
     """Debugging modes that slow every step, read from the process (and the framework's own switches)."""
@@ -147,6 +174,17 @@ class DebugFacts:
     cudnn_benchmark: bool | None = None
     sources: dict[str, str] = field(default_factory=dict)  # setting -> where it came from (framework argument)
     measured: dict[str, Any] = field(default_factory=dict)  # setting -> {"with_s", "without_s", ...}
+
+    @property
+    def probe(self) -> Comparison:
+        """The anomaly / determinism cost probe: ``baseline_s`` with the modes on, ``variant_s`` without."""
+        return Comparison.from_probe(self.measured, "with_s", "without_s")
+
+    @property
+    def probed_modes(self) -> list[str]:
+        """The modes the probe switched off to measure their cost (empty without a measurement)."""
+        modes = self.measured.get("modes") if self.measured.get("with_s") is not None else None
+        return list(modes) if isinstance(modes, (list, tuple)) else []
 
 
 @dataclass
@@ -188,6 +226,17 @@ class CompileFacts:
     unique_graphs: int | None = None
     baseline: dict[str, Any] = field(default_factory=dict)  # counters when observation began
 
+    @property
+    def recompile_reasons(self) -> list[str]:
+        """Each recompilation's failed guard, in order."""
+        return [str(r.get("reason", "")) for r in self.recompiles]
+
+    @property
+    def recompile_seconds(self) -> list[float]:
+        """Compile time of the recompilations that recorded one."""
+        return [float(r["compile_s"]) for r in self.recompiles
+                if isinstance(r.get("compile_s"), (int, float)) and not isinstance(r.get("compile_s"), bool)]
+
 
 @dataclass
 class LayoutFacts:
@@ -200,6 +249,11 @@ class LayoutFacts:
     input_shapes: list[tuple[int, ...]] = field(default_factory=list)  # 4-D inputs seen during warm-up
     measured: dict[str, Any] = field(default_factory=dict)  # channels_last probe
 
+    @property
+    def probe(self) -> Comparison:
+        """channels_last measured against contiguous (baseline) on a real batch."""
+        return Comparison.from_probe(self.measured, "contiguous_s", "channels_last_s")
+
 
 @dataclass
 class AttentionFacts:
@@ -210,6 +264,11 @@ class AttentionFacts:
     model_class: str | None = None
     eager_modules: list[str] = field(default_factory=list)  # modules whose forward computes softmax(q k^T) v
     measured: dict[str, Any] = field(default_factory=dict)  # SDPA probe
+
+    @property
+    def probe(self) -> Comparison:
+        """SDPA measured against eager attention (baseline) on a real batch."""
+        return Comparison.from_probe(self.measured, "eager_s", "sdpa_s")
 
 
 @dataclass
@@ -241,7 +300,7 @@ class RunContext:
     param_dtype: str | None = None  # "fp32" / "fp16" / "bf16" (dominant dtype of parameters)
     autocast_dtype: str | None = None  # dtype used under autocast in training, if any
     precision: str | None = None  # framework precision string ("32-true", "bf16-mixed", "fp16", ...)
-    matmul_precision: str = field(default_factory=torch.get_float32_matmul_precision)
+    matmul_precision: str = field(default_factory=lambda: torch.get_float32_matmul_precision())
     devices_used: int = 1
     world_size: int = 1
     local_world_size: int = 1
@@ -255,8 +314,10 @@ class RunContext:
     data_wait_times: list[float] = field(default_factory=list)
     epoch_first_waits: list[float] = field(default_factory=list)  # epoch start -> first batch, seconds
     inference: InferenceInfo = field(default_factory=InferenceInfo)
+    # Raw collection channels (adapters / probes write them); checks read their typed form in ``facts``.
     settings: dict[str, Any] = field(default_factory=dict)  # framework-specific (HF args, collator, ...)
     measurements: dict[str, Any] = field(default_factory=dict)  # probes run on the model
+    facts: RunFacts = field(default_factory=RunFacts)  # run_facts.collect_run_facts, before each phase's checks
     latency_budget_ms: float | None = None
     pad_token_id: int | None = None
     # Second-round facts (debug / distributed / compile / layout / attention checks).
@@ -273,6 +334,11 @@ class RunContext:
     @property
     def profile(self) -> DeviceProfile:
         return self.target or self.local
+
+    @property
+    def judged_on_cpu(self) -> bool:
+        """True when the run is (or is planned to be) on a CPU."""
+        return self.profile.kind == "cpu" if self.target else self.model_device == "cpu"
 
     @property
     def judged_on_accelerator(self) -> bool:
@@ -305,17 +371,28 @@ def dominant_param_dtype(model: nn.Module | None) -> str | None:
 
 
 def model_device_kind(model: nn.Module | None) -> str:
-    if model is None:
-        return "cpu"
-    for tensor in [*model.parameters(), *model.buffers()]:
-        return tensor.device.type
-    return "cpu"
+    """``"cpu"`` / ``"cuda"`` / ...: the kind of :func:`perfcallbacks.model_facts.model_device`."""
+    from perfcallbacks.model_facts import model_device
+
+    return model_device(model).type
 
 
-def _qualname(obj: Any) -> str | None:
+def qualified_name(obj: Any) -> str | None:
+    """``module.QualName`` of a class, an instance or a plain function; ``None`` for ``None``.
+
+    A ``functools.partial`` is named after the function it wraps.
+
+    Example::
+
+        >>> import functools
+        >>> qualified_name(functools.partial(dominant_param_dtype)), qualified_name(nn.Linear(1, 1))
+        ('perfcallbacks.context.dominant_param_dtype', 'torch.nn.modules.linear.Linear')
+    """
     if obj is None:
         return None
-    cls = obj if isinstance(obj, type) else type(obj)
-    if callable(obj) and hasattr(obj, "__qualname__") and not isinstance(obj, type) and type(obj).__name__ == "function":
-        return f"{getattr(obj, '__module__', '')}.{obj.__qualname__}"
+    if isinstance(obj, functools.partial):
+        obj = obj.func
+    if isinstance(obj, type) or getattr(type(obj), "__name__", "") == "function":
+        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+    cls = type(obj)
     return f"{cls.__module__}.{cls.__qualname__}"

@@ -18,7 +18,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
+from perfcallbacks._lazy import lazy_module
+
+torch = lazy_module("torch")  # loads on first use: the checks import this module (see _lazy)
 
 # Capability levels, ordered from best to worst (tests/test_types.py keeps Level equal to LEVELS).
 Level = Literal["fast", "supported", "emulated", "unsupported"]

@@ -33,6 +33,7 @@ from perfcallbacks.context import (
     ProbeInput,
     RunContext,
 )
+from perfcallbacks.model_facts import model_device
 
 log = logging.getLogger("perfcallbacks")
 
@@ -342,7 +343,7 @@ def _copy_affordable(model: nn.Module) -> bool:
     size = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
     if size > COPY_MAX_BYTES:
         return False
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return size <= COPY_CUDA_FREE_SHARE * free
@@ -403,7 +404,7 @@ def _over_budget(ctx: RunContext, variants: int, budget_s: float) -> str | None:
 def _compare(ctx: RunContext, fns: dict[str, Callable[[], None]], budget_s: float) -> dict[str, float]:
     from perfcallbacks.measure import compare_times
 
-    device = next((p.device for p in (ctx.model.parameters() if ctx.model is not None else [])), None)
+    device = model_device(ctx.model) if ctx.model is not None else None
     return compare_times(fns, repeats=_repeats(ctx, len(fns), budget_s), warmup=1, device=device)
 
 

@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from perfcallbacks.model_facts import hidden_size, model_device
+
 __all__ = [
     "call_model",
     "compare_times",
@@ -172,19 +174,10 @@ def output_kind(out: Any, model: nn.Module | None = None) -> str:
             if isinstance(out.get(key) if key in out else None, torch.Tensor):
                 return "states" if key in _STATE_KEYS else "scores"
     if isinstance(out, torch.Tensor) and model is not None and out.dim() >= 2:
-        hidden = _hidden_size(model)
+        hidden = hidden_size(model, deep=True)
         if hidden and out.shape[-1] == hidden:
             return "states"
     return "scores"
-
-
-def _hidden_size(model: nn.Module) -> int | None:
-    """``config.hidden_size`` of the model or of the first submodule carrying an HF config."""
-    for module in model.modules():
-        size = getattr(getattr(module, "config", None), "hidden_size", None)
-        if isinstance(size, int):
-            return size
-    return None
 
 
 @contextlib.contextmanager
@@ -256,18 +249,7 @@ def _no_sync() -> None:
     return None
 
 
-def device_of(model: Any = None, batch: Any = None) -> torch.device:
-    """The device a timing must synchronise: the model's first parameter/buffer, else the batch's first tensor."""
-    if isinstance(model, nn.Module):
-        for tensor in model.parameters():
-            return tensor.device
-        for tensor in model.buffers():
-            return tensor.device
-    from perfcallbacks.observe import iter_tensors
-
-    for _, tensor in iter_tensors(batch):
-        return tensor.device
-    return torch.device("cpu")
+device_of = model_device  # the name the timings (and the fix pipeline) use
 
 
 def median_time(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1,

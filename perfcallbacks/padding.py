@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from perfcallbacks.model_facts import model_device
+
 # transformers' default: mega-batches of 50 batches, or 4 mega-batches for small data.
 DEFAULT_MEGA_BATCH_MULT = 50
 
@@ -244,8 +246,7 @@ def predict_length_grouped(model: nn.Module, inputs: Any, tokenizer: Any = None,
     features = _encode(inputs, tokenizer, max_length)
     lengths = [len(r) for r in features["input_ids"]]
     if device is None:
-        first = next(iter(model.parameters()), None) if isinstance(model, nn.Module) else None
-        device = first.device if first is not None else torch.device("cpu")
+        device = model_device(model if isinstance(model, nn.Module) else None)
     results: list[torch.Tensor | None] = [None] * len(lengths)
     with eval_mode(model), torch.inference_mode():
         for rows in length_grouped_batches(lengths, size):

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from perfcallbacks.context import RunContext
+from perfcallbacks.model_facts import model_device
 
 log = logging.getLogger(__name__)
 
@@ -277,9 +278,7 @@ def _batch_size(batch: Any) -> int | None:
 
 
 def _on_cpu(model: nn.Module) -> bool:
-    from perfcallbacks.context import model_device_kind
-
-    return model_device_kind(model) == "cpu"
+    return model_device(model).type == "cpu"
 
 
 def _deadline(deadline: Deadline | None) -> Deadline:
@@ -425,7 +424,7 @@ def probe_int8(ctx: RunContext, model: nn.Module, batch: Any, forward_s: float =
     would decide, nothing is applied to the user's model.
     """
     from perfcallbacks.checks.inference import INT8_MIN_LINEAR_SHARE
-    from perfcallbacks.checks.model import is_quantized, linear_share
+    from perfcallbacks.model_facts import is_quantized, linear_share
 
     if ctx.param_dtype not in (None, "fp32") or is_quantized(model) or linear_share(model) < INT8_MIN_LINEAR_SHARE:
         return {}

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from perfcallbacks import Advisor
-from perfcallbacks.checks.alignment import compute_dtype, vocab_projection
+from perfcallbacks.checks.alignment import compute_dtype
+from perfcallbacks.model_facts import vocab_projection
 from perfcallbacks.context import BatchStats
 
 
@@ -63,7 +64,7 @@ def test_task_and_data_fixed_widths_are_never_asked_to_change(cpu_profile):
 def test_hf_classifier_head_of_num_labels_is_fixed(cpu_profile):
     import transformers
 
-    from perfcallbacks.checks.alignment import task_fixed_sides
+    from perfcallbacks.model_facts import task_fixed_sides
 
     config = transformers.BertConfig(hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
                                      intermediate_size=128, vocab_size=300, num_labels=5)

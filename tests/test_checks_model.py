@@ -7,7 +7,7 @@ import transformers
 from torch import nn
 
 from perfcallbacks import Advisor
-from perfcallbacks.checks.model import gemm_layers, is_quantized, linear_share
+from perfcallbacks.model_facts import gemm_layers, is_quantized, linear_share
 
 
 def _bert(cls_name: str, layers: int, hidden: int, **extra):

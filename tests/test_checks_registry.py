@@ -56,7 +56,7 @@ def test_a_check_building_another_hint_is_caught():
     def copied(ctx) -> Hint | None:
         return REGISTRY["gpu-unused"].make(ctx.phase, "m", "f")
 
-    # registered as @check("gpus-idle", ...), this is what the test above would reject
+    # registered as @check(GPUS_IDLE, ...), this is what the test above would reject
     assert hint_ids_built_by(copied) == {"gpu-unused"} != {"gpus-idle"}
 
 

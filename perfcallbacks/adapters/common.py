@@ -113,16 +113,21 @@ def is_distributed_name(name: str | None) -> bool:
     return any(key in low for key in _DISTRIBUTED_NAMES)
 
 
-def find_pad_token_id(model: nn.Module | None) -> int | None:
-    """The pad token id from an HF-style ``config`` on the model or one of its children."""
-    if model is None:
-        return None
-    for module in model.modules():
-        config = getattr(module, "config", None)
-        pad = getattr(config, "pad_token_id", None)
-        if isinstance(pad, int) and not isinstance(pad, bool):
-            return pad
-    return None
+def find_pad_token_id(model: Any, tokenizer: Any = None) -> int | None:
+    """The pad token id: the tokenizer's, else an HF-style ``config`` on the model or one of its children."""
+    def pad_of(source: Any) -> int | None:
+        pad = getattr(source, "pad_token_id", None)
+        return pad if isinstance(pad, int) and not isinstance(pad, bool) else None
+
+    found = pad_of(tokenizer)
+    if found is None and isinstance(model, nn.Module):
+        for module in model.modules():
+            found = pad_of(getattr(module, "config", None))
+            if found is not None:
+                break
+    elif found is None:
+        found = pad_of(getattr(model, "config", None))
+    return found
 
 
 # -- example batches ---------------------------------------------------------------------

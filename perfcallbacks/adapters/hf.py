@@ -37,10 +37,12 @@ from perfcallbacks.adapters._optional import require
 from perfcallbacks.adapters.facts import hf_run_facts, observe_gradients
 from perfcallbacks.adapters.common import (
     default_report_path,
+    find_pad_token_id,
     format_fixes,
     is_deliberate,
     raise_requested,
 )
+from perfcallbacks.context import qualified_name
 
 transformers = require("transformers", "hf", "transformers")
 from transformers import TrainerCallback  # noqa: E402
@@ -75,18 +77,6 @@ def unwrap_collator(collate_fn: Any) -> Any:
         collate_fn = collate_fn.data_collator
         seen += 1
     return collate_fn
-
-
-def qualified_name(obj: Any) -> str | None:
-    """``module.QualName`` of a class, an instance or a plain function; ``None`` for ``None``."""
-    if obj is None:
-        return None
-    if isinstance(obj, functools.partial):
-        obj = obj.func
-    if isinstance(obj, type) or getattr(type(obj), "__name__", "") == "function":
-        return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
-    cls = type(obj)
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def hf_precision(args: Any) -> str | None:
@@ -135,14 +125,6 @@ def find_tokenizer(processing_class: Any, collator: Any = None) -> Any:
                       getattr(collator, "tokenizer", None)):
         if candidate is not None and hasattr(candidate, "pad_token_id"):
             return candidate
-    return None
-
-
-def pad_token_id(tokenizer: Any, model: Any = None) -> int | None:
-    for source in (tokenizer, getattr(model, "config", None)):
-        value = getattr(source, "pad_token_id", None)
-        if isinstance(value, int):
-            return value
     return None
 
 
@@ -603,7 +585,7 @@ class HFPerfHints(TrainerCallback, ExportableState):
         ctx.strategy = layout["strategy"]
         if ctx.model_device != "cpu":
             ctx.devices_used = layout["world_size"] if ctx.distributed else max(1, layout["n_gpu"])
-        ctx.pad_token_id = pad_token_id(tokenizer, self._model)
+        ctx.pad_token_id = find_pad_token_id(self._model, tokenizer)
         ctx.settings.update(hf_settings(args, collator, tokenizer, self._model))
         if loader is not None:
             advisor.set_loader(loader)

@@ -11,20 +11,18 @@ and unaligned widths need masked tails; how much that costs was measured per
 ISA (constants below, ``benchmarks/impacts.md``). The fix proposes one width
 per offending size and names the layers (``767 -> 768 (model.0 out, ...)``).
 
-Settings read (``ctx.settings``, absent = unknown):
-    ``pad_to_multiple_of``: int or None (seq-len-unaligned stays quiet when it is a multiple of 8).
+Facts read: ``ctx.facts.model`` (GEMM layers with FLOP shares, the vocabulary projection, the
+widths the task fixes) and ``ctx.facts.hf.pad_to_multiple_of`` (seq-len-unaligned stays quiet when
+it is a multiple of 8).
 """
 
 from __future__ import annotations
 
-from torch import nn
-
 from perfcallbacks.checks.batch import observed_batches, typical_batch_size
-from perfcallbacks.checks.model import GemmLayer, gemm_layers, model_config
 from perfcallbacks.checks.precision import precision_dtypes
 from perfcallbacks.checks.registry import check, fix_text, nearest_multiples
 from perfcallbacks.context import RunContext
-from perfcallbacks.hints import REGISTRY, Hint
+from perfcallbacks.hints import Hint, HintSpec
 
 # A layer must hold at least 5% of the model's Linear/Conv FLOPs to matter:
 # fixing a smaller one cannot gain more than a few percent end to end.
@@ -64,12 +62,6 @@ UNALIGNED_BATCH_SHARE = 0.5
 # Conv inputs with this few channels are images/audio (RGB = 3): nothing to round.
 INPUT_CHANNELS_MAX = 4
 
-# Embedding tables smaller than this are positions/segments/classes, not a vocabulary.
-MIN_VOCAB = 256
-
-_VOCAB_HEAD_NAMES = ("lm_head", "decoder", "output", "generator", "embed_out", "head")
-
-
 def compute_dtype(ctx: RunContext) -> str:
     """The dtype the GEMMs run in (or will, once tensor-cores-idle's advice is followed)."""
     used = precision_dtypes(ctx)
@@ -106,77 +98,9 @@ def _impact(share: float, slowdown: float) -> float:
     return 1.0 + share * (slowdown - 1.0)
 
 
-def vocab_projection(model: nn.Module | None) -> GemmLayer | None:
-    """The Linear that projects onto the vocabulary (LM head / tied embedding), or ``None``.
-
-    An encoder's input embedding alone is not one: only an output projection is.
-    """
-    if model is None:
-        return None
-    layers = {layer.name: layer for layer in gemm_layers(model)}
-    head = None
-    getter = getattr(model, "get_output_embeddings", None)
-    if callable(getter):
-        try:
-            head = getter()
-        except Exception:  # some models raise NotImplementedError
-            head = None
-    embed_weights = {id(m.weight): m.num_embeddings for m in model.modules() if isinstance(m, nn.Embedding)
-                     and m.num_embeddings >= MIN_VOCAB}
-    vocab = getattr(model_config(model), "vocab_size", None)
-    for name, module in model.named_modules():
-        if name not in layers:
-            continue
-        if head is not None and module is head:
-            return layers[name]
-        weight = getattr(module, "weight", None)
-        tied = id(weight) in embed_weights
-        named_head = name.rsplit(".", 1)[-1] in _VOCAB_HEAD_NAMES
-        out = layers[name].out_dim
-        if tied or (named_head and (out == vocab or out in embed_weights.values())):
-            return layers[name]
-    return None
-
-
 def qualified(name: str) -> str:
     """A module name as the user writes it: ``model.classifier`` (``model`` for the root)."""
     return f"model.{name}" if name else "model"
-
-
-def task_fixed_sides(model: nn.Module | None, layers: list[GemmLayer] | None = None) -> dict[str, set[str]]:
-    """Layer name -> the sides (``"in"``/``"out"``) whose width the task or the data fixes.
-
-    Never asked to change: the output width of the model's final GEMM (classes,
-    regression targets), any output of ``config.num_labels`` width (HF heads),
-    and the input width of the first GEMM when no embedding precedes it (the
-    data's feature count). The vocabulary projection has its own hint.
-
-    Example::
-
-        >>> from torch import nn
-        >>> sorted(task_fixed_sides(nn.Sequential(nn.Linear(30, 767), nn.ReLU(), nn.Linear(767, 2))).items())
-        [('0', {'in'}), ('2', {'out'})]
-    """
-    if model is None:
-        return {}
-    layers = gemm_layers(model) if layers is None else layers
-    if not layers:
-        return {}
-    fixed: dict[str, set[str]] = {}
-    fixed.setdefault(layers[-1].name, set()).add("out")
-    labels = getattr(model_config(model), "num_labels", None)
-    if isinstance(labels, int) and labels > 0:
-        for layer in layers:
-            if layer.kind == "linear" and layer.out_dim == labels:
-                fixed.setdefault(layer.name, set()).add("out")
-    first = layers[0].name
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Embedding):
-            break  # token ids come in: the first GEMM reads the embedding width, a model choice
-        if name == first:
-            fixed.setdefault(first, set()).add("in")
-            break
-    return fixed
 
 
 def aligned_width(width: int, multiple: int) -> int:
@@ -190,15 +114,24 @@ def aligned_width(width: int, multiple: int) -> int:
     return nearest_multiples(width, multiple)[1]
 
 
-@check("dim-unaligned", phases=("setup",))
+DIM_UNALIGNED = HintSpec(
+    id="dim-unaligned", category="alignment", severity="warning",
+    title="Layer widths not multiples of the device's alignment",
+    what="Fires when Linear/Conv dims that carry a real share of the FLOPs, other than widths fixed by the task or data (output classes, num_labels, input features), are not multiples of the device's alignment and the predicted gain is at least 10%.",
+    why="Unaligned GEMMs fall back to masked kernels: fp32 width 767 measured 1.35-1.53x slower than 768 on AVX2, 1.01-1.11x on AVX-512 (benchmarks/impacts.md); Tensor Cores need multiples of 8 (fp16/bf16).",
+    fix="Round the listed widths up to the one suggested multiple (the message names the layers).",
+    evidence=("alignment", "dtype", "unaligned_flop_share", "widths", "layers", "suggested", "task_fixed"),
+)
+
+
+@check(DIM_UNALIGNED, phases=("setup",))
 def dim_unaligned(ctx: RunContext) -> Hint | None:
     dtype = compute_dtype(ctx)
     multiple = ctx.profile.alignment_for(dtype)
-    if multiple <= 1 or ctx.model is None:
+    model = ctx.facts.model
+    if multiple <= 1 or not model.present:
         return None
-    vocab = vocab_projection(ctx.model)
-    layers = gemm_layers(ctx.model)
-    fixed = task_fixed_sides(ctx.model, layers)
+    vocab, layers, fixed = model.vocab_projection, model.layers, model.task_fixed
     offenders: dict[int, list[str]] = {}
     where: dict[int, list[str]] = {}
     share = 0.0
@@ -232,7 +165,7 @@ def dim_unaligned(ctx: RunContext) -> Hint | None:
     listed = "; ".join(f"{d} -> {proposed[d]} ({places(d)})" for d in sorted(offenders))
     fix = (f"build these layers with widths rounded up to a multiple of {multiple}: {listed} "
            f"(the output and input widths fixed by the task and data are left as they are)")
-    return REGISTRY["dim-unaligned"].make(
+    return DIM_UNALIGNED.make(
         ctx.phase,
         f"Layers holding {share:.0%} of the Linear/Conv FLOPs have widths that are not multiples of {multiple} "
         f"(what {ctx.profile.name} wants for {dtype}): {listed}.",
@@ -244,11 +177,21 @@ def dim_unaligned(ctx: RunContext) -> Hint | None:
         impact=impact)
 
 
-@check("vocab-unaligned", phases=("setup",))
+VOCAB_UNALIGNED = HintSpec(
+    id="vocab-unaligned", category="alignment", severity="info",
+    title="Vocabulary projection not a multiple of 64",
+    what="Fires when an output projection onto the vocabulary (LM head, tied embeddings) has a size that is not a multiple of 64.",
+    why="The LM head is often the largest GEMM of a language model; padding the vocabulary to a multiple of 64 gives aligned tiles (nanoGPT's 50257 -> 50304 gave ~25%).",
+    fix="model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64).",
+    evidence=("vocab_size", "layer", "flop_share", "suggested"),
+)
+
+
+@check(VOCAB_UNALIGNED, phases=("setup",))
 def vocab_unaligned(ctx: RunContext) -> Hint | None:
     if ctx.profile.alignment_for(compute_dtype(ctx)) <= 1:
         return None
-    head = vocab_projection(ctx.model)
+    head = ctx.facts.model.vocab_projection
     if head is None or head.out_dim % VOCAB_MULTIPLE == 0 or head.share < MIN_FLOP_SHARE:
         return None
     below, above = nearest_multiples(head.out_dim, VOCAB_MULTIPLE)
@@ -257,7 +200,7 @@ def vocab_unaligned(ctx: RunContext) -> Hint | None:
                              f"(HF model) or build the embedding/head with {above} rows and ignore the extra logits",
                    hf=f"model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of={VOCAB_MULTIPLE})",
                    torch=f"nn.Embedding({above}, dim) / nn.Linear(dim, {above}) and ignore the extra logits")
-    return REGISTRY["vocab-unaligned"].make(
+    return VOCAB_UNALIGNED.make(
         ctx.phase,
         f"The vocabulary projection {head.name!r} has {head.out_dim} outputs ({head.share:.0%} of the Linear FLOPs), "
         f"not a multiple of {VOCAB_MULTIPLE}: pad it to {above}.",
@@ -271,7 +214,17 @@ def _matrix_accelerator(ctx: RunContext) -> bool:
     return ctx.profile.is_accelerator and ctx.profile.has_matrix_units and ctx.judged_on_accelerator
 
 
-@check("batch-size-unaligned", phases=("warmup", "inference"))
+BATCH_SIZE_UNALIGNED = HintSpec(
+    id="batch-size-unaligned", category="alignment", severity="info",
+    title="Batch size not a multiple of 8",
+    what="Fires on an accelerator with matrix units when the batch size is not a multiple of 8.",
+    why="The batch dimension becomes a GEMM dimension; Tensor Core tiles want multiples of 8.",
+    fix="Use a batch size that is a multiple of 8 (the message gives the nearest).",
+    evidence=("batch_size", "multiple", "suggested", "batches_seen"),
+)
+
+
+@check(BATCH_SIZE_UNALIGNED, phases=("warmup", "inference"))
 def batch_size_unaligned(ctx: RunContext) -> Hint | None:
     if not _matrix_accelerator(ctx):
         return None
@@ -284,7 +237,7 @@ def batch_size_unaligned(ctx: RunContext) -> Hint | None:
     fix = fix_text(ctx, lightning=f"DataLoader(..., batch_size={above})  (or {below})",
                    hf=f"TrainingArguments(per_device_train_batch_size={above})  (or {below})",
                    torch=f"DataLoader(..., batch_size={above})  (or {below})")
-    return REGISTRY["batch-size-unaligned"].make(
+    return BATCH_SIZE_UNALIGNED.make(
         ctx.phase,
         f"Batch size {size} is not a multiple of {TOKEN_DIM_MULTIPLE}, which {ctx.profile.name}'s matrix units want: "
         f"use {above} (or {below}).",
@@ -292,12 +245,22 @@ def batch_size_unaligned(ctx: RunContext) -> Hint | None:
                        "batches_seen": len(batches)})
 
 
-@check("seq-len-unaligned", phases=("warmup", "inference"))
+SEQ_LEN_UNALIGNED = HintSpec(
+    id="seq-len-unaligned", category="alignment", severity="info",
+    title="Padded sequence lengths not multiples of 8",
+    what="Fires on an accelerator with matrix units when padded sequence lengths are not multiples of 8.",
+    why="Sequence length is a GEMM dimension in attention and every projection.",
+    fix="DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8) or tokenizer(..., pad_to_multiple_of=8).",
+    evidence=("unaligned_share", "seq_lens", "multiple", "pad_to_multiple_of"),
+)
+
+
+@check(SEQ_LEN_UNALIGNED, phases=("warmup", "inference"))
 def seq_len_unaligned(ctx: RunContext) -> Hint | None:
     if not _matrix_accelerator(ctx):
         return None
-    multiple_set = ctx.settings.get("pad_to_multiple_of")
-    if isinstance(multiple_set, int) and multiple_set > 0 and multiple_set % TOKEN_DIM_MULTIPLE == 0:
+    multiple_set = ctx.facts.hf.pad_to_multiple_of
+    if multiple_set is not None and multiple_set > 0 and multiple_set % TOKEN_DIM_MULTIPLE == 0:
         return None
     lens = [b.seq_len for b in observed_batches(ctx) if b.seq_len]
     if not lens:
@@ -310,7 +273,7 @@ def seq_len_unaligned(ctx: RunContext) -> Hint | None:
                    hf="Trainer(..., data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8))",
                    torch="tokenizer(..., padding=True, pad_to_multiple_of=8) or "
                          "DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8)")
-    return REGISTRY["seq-len-unaligned"].make(
+    return SEQ_LEN_UNALIGNED.make(
         ctx.phase,
         f"{len(unaligned)} of {len(lens)} observed batches have a padded length that is not a multiple of "
         f"{TOKEN_DIM_MULTIPLE} (e.g. {', '.join(map(str, unaligned[:5]))}).",

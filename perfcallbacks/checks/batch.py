@@ -1,10 +1,8 @@
 """Batch checks: ``batch-size-small`` (measured, inference), and helpers on observed batches.
 
-``batch-size-small`` reads ``ctx.measurements["batch_scaling"]``, written by
-:func:`perfcallbacks.probes.probe_batch_scaling`::
-
-    {"batch_size": 8, "latency_s": {"8": 0.010, "16": 0.012, "32": 0.020}}
-
+``batch-size-small`` reads ``ctx.facts.measured.batch_scaling``
+(:class:`~perfcallbacks.run_facts.BatchScaling`, from
+:func:`perfcallbacks.probes.probe_batch_scaling`)
 (forward latency of the observed batch repeated 1x, 2x, 4x). It fires when
 throughput still grows by more than :data:`THROUGHPUT_GAIN_MIN` at a larger
 batch whose measured latency stays within ``latency_budget_ms``. It never
@@ -14,11 +12,10 @@ fires on the batch size alone.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
 
 from perfcallbacks.checks.registry import check, fix_text
 from perfcallbacks.context import BatchStats, RunContext
-from perfcallbacks.hints import REGISTRY, Hint
+from perfcallbacks.hints import Hint, HintSpec
 
 # Doubling the batch must buy at least 30% more throughput to be worth a hint:
 # below that, timing noise on a shared machine (~5-10%) and the extra memory
@@ -44,26 +41,22 @@ def typical_batch_size(batches: list[BatchStats], loader_batch_size: int | None 
     return max(counts, key=lambda size: (counts[size], size))  # ties: the larger (a short last batch loses)
 
 
-def _latencies(measure: dict[str, Any]) -> dict[int, float]:
-    raw = measure.get("latency_s") or {}
-    out: dict[int, float] = {}
-    for key, value in raw.items():
-        try:
-            size, seconds = int(key), float(value)
-        except (TypeError, ValueError):
-            continue
-        if size > 0 and seconds > 0:
-            out[size] = seconds
-    return out
+BATCH_SIZE_SMALL = HintSpec(
+    id="batch-size-small", category="batch", severity="info",
+    title="Batch size leaves throughput on the table",
+    what="Fires when measured throughput still grows with the batch size (step time nearly flat when doubling it) and memory / latency budget allow more.",
+    why="Small batches leave the device underused: fixed per-step costs dominate.",
+    fix="Increase the batch size (Lightning: Tuner(trainer).scale_batch_size(model); HF: auto_find_batch_size=True), within latency_budget_ms.",
+    evidence=("batch_size", "suggested_batch_size", "latency_ms", "throughput_gain", "latency_budget_ms"),
+)
 
 
-@check("batch-size-small", phases=("inference",))
+@check(BATCH_SIZE_SMALL, phases=("inference",))
 def batch_size_small(ctx: RunContext) -> Hint | None:
-    measure = ctx.measurements.get("batch_scaling")
-    if not isinstance(measure, dict):
+    measure = ctx.facts.measured.batch_scaling
+    if measure is None:
         return None
-    latency = _latencies(measure)
-    base = int(measure.get("batch_size") or (min(latency) if latency else 0))
+    latency, base = measure.latency_s, measure.batch_size
     if base not in latency or len(latency) < 2:
         return None
     budget_s = None if ctx.latency_budget_ms is None else ctx.latency_budget_ms / 1000.0
@@ -81,7 +74,7 @@ def batch_size_small(ctx: RunContext) -> Hint | None:
                              f"(or Tuner(trainer).scale_batch_size(model, mode=\"binsearch\"))",
                    hf=f"TrainingArguments(per_device_eval_batch_size={best}) (or auto_find_batch_size=True)",
                    torch=f"DataLoader(..., batch_size={best}) for inference")
-    return REGISTRY["batch-size-small"].make(
+    return BATCH_SIZE_SMALL.make(
         ctx.phase,
         f"Inference throughput still grows with the batch size: batch {base} takes "
         f"{latency[base] * 1e3:.1f} ms, batch {best} takes {allowed[best] * 1e3:.1f} ms "

@@ -11,7 +11,7 @@ import re
 
 from perfcallbacks.checks.registry import check, fix_text
 from perfcallbacks.context import RunContext
-from perfcallbacks.hints import REGISTRY, Hint
+from perfcallbacks.hints import Hint, HintSpec
 
 # One recompilation is dynamo's automatic-dynamic step (the changed dim becomes symbolic): expected.
 # From the second on, shapes keep being specialised.
@@ -27,16 +27,26 @@ def _short(reason: str) -> str:
     return " ".join(lines[:2])[:REASON_CHARS]
 
 
-@check("compile-recompiles", phases=("warmup", "inference"))
+COMPILE_RECOMPILES = HintSpec(
+    id="compile-recompiles", category="compile", severity="warning",
+    title="A compiled model recompiled during the observed steps",
+    what="Fires when torch.compile recompiled the model during warm-up, read from dynamo's own compilation records (the guard that failed, e.g. a new sequence length).",
+    why="Each recompilation costs seconds to minutes and, once torch._dynamo.config.cache_size_limit is reached, the model silently falls back to eager: one graph per padded length turns the compile win into a loss.",
+    fix="torch.compile(model, dynamic=True) or torch._dynamo.mark_dynamic(input_ids, 1); pad to a multiple (pad_to_multiple_of=64) or bucket lengths so few shapes occur.",
+    evidence=("recompiles", "reasons", "sizes_in_guards", "seq_lens_seen", "recompile_seconds", "compiled_modules"),
+)
+
+
+@check(COMPILE_RECOMPILES, phases=("warmup", "inference"))
 def compile_recompiles(ctx: RunContext) -> Hint | None:
     facts = ctx.compile
     if facts is None or not facts.compiled or len(facts.recompiles) < MIN_RECOMPILES:
         return None
-    reasons = [_short(r["reason"]) for r in facts.recompiles]
+    reasons = [_short(r) for r in facts.recompile_reasons]
     sizes = sorted({int(v) for r in reasons for pair in _SIZE.findall(r) for v in pair})
     lengths = sorted({b.seq_len for b in (ctx.batches if ctx.phase == "warmup" else ctx.inference_batches)
                       if b.seq_len is not None})
-    seconds = [r.get("compile_s") for r in facts.recompiles if isinstance(r.get("compile_s"), (int, float))]
+    seconds = facts.recompile_seconds
     fix = fix_text(ctx,
                    lightning="torch.compile(model, dynamic=True) (or torch._dynamo.mark_dynamic(input_ids, 1) in "
                              "training_step); pad to a multiple: DataCollatorWithPadding(tokenizer, "
@@ -47,7 +57,7 @@ def compile_recompiles(ctx: RunContext) -> Hint | None:
                    torch="torch.compile(model, dynamic=True) or torch._dynamo.mark_dynamic(x, dim); pad lengths to a "
                          "multiple (pad_to_multiple_of=64) or bucket them")
     total = f", {sum(seconds):.1f} s of compiling" if seconds else ""
-    return REGISTRY["compile-recompiles"].make(
+    return COMPILE_RECOMPILES.make(
         ctx.phase,
         f"The compiled model recompiled {len(facts.recompiles)} times in the observed steps{total}; "
         f"first reason: {reasons[0]!r}.",
@@ -59,7 +69,17 @@ def compile_recompiles(ctx: RunContext) -> Hint | None:
         severity="warning")
 
 
-@check("compile-graph-breaks", phases=("warmup", "inference"))
+COMPILE_GRAPH_BREAKS = HintSpec(
+    id="compile-graph-breaks", category="compile", severity="warning",
+    title="A compiled model's forward has graph breaks",
+    what="Fires when dynamo reports graph breaks while compiling the model (counts and reasons from dynamo's counters).",
+    why="Every graph break splits the model into separately compiled pieces with eager Python in between: fusion stops at each break and the pieces pay their own launch and guard costs.",
+    fix="Remove the listed constructs from forward (print, .item(), data-dependent Python control flow, unsupported calls); find them with torch._dynamo.explain(model)(*inputs) or TORCH_LOGS=graph_breaks.",
+    evidence=("graph_breaks", "distinct_reasons", "reasons", "unique_graphs", "compiled_modules"),
+)
+
+
+@check(COMPILE_GRAPH_BREAKS, phases=("warmup", "inference"))
 def compile_graph_breaks(ctx: RunContext) -> Hint | None:
     facts = ctx.compile
     if facts is None or not facts.compiled or not facts.graph_breaks:
@@ -75,7 +95,7 @@ def compile_graph_breaks(ctx: RunContext) -> Hint | None:
                       "torch._dynamo.explain(model)(**batch) or TORCH_LOGS=graph_breaks python train.py",
                    torch="remove the listed constructs from forward; torch._dynamo.explain(model)(*inputs) lists them, "
                          "torch.compile(model, fullgraph=True) makes each one an error")
-    return REGISTRY["compile-graph-breaks"].make(
+    return COMPILE_GRAPH_BREAKS.make(
         ctx.phase,
         f"The compiled model has {count} graph break(s) ({len(ranked)} distinct reason(s)); first: "
         f"{reasons[0]['reason']!r}.",

@@ -5,9 +5,8 @@
 ``num_workers`` alone: Lightning's own warning fires whenever ``num_workers < 2``
 even when data costs nothing, and users rightly ignore it.
 
-Measurements read (``ctx.measurements``, absent = unknown):
-    ``h2d_copy_s``: seconds per step spent copying the batch host -> device
-    (an adapter or probe may time ``batch.to(device)``).
+``pin-memory-off`` also reads ``ctx.facts.measured.h2d_copy_s``: seconds per step spent copying
+the batch host -> device (an adapter or probe may time ``batch.to(device)``; ``None`` = unknown).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import statistics
 
 from perfcallbacks.checks.registry import check, fix_text
 from perfcallbacks.context import RunContext
-from perfcallbacks.hints import REGISTRY, Hint
+from perfcallbacks.hints import Hint, HintSpec
 
 # Waiting for data longer than 20% of the step time (DESIGN default).
 DATA_WAIT_SHARE = 0.20
@@ -65,7 +64,17 @@ def suggested_workers(ctx: RunContext, wait: float, step: float) -> tuple[int, i
     return max(needed, 1), available
 
 
-@check("dataloader-bottleneck", phases=("warmup",))
+DATALOADER_BOTTLENECK = HintSpec(
+    id="dataloader-bottleneck", category="data", severity="warning",
+    title="The model waits for data",
+    what="Fires when measured time waiting for the next batch is a large share (default > 20%) of the step time. Never fires on num_workers alone.",
+    why="Every second waiting for data is a second the device idles.",
+    fix="DataLoader(num_workers=N, persistent_workers=True) (pin_memory=True on CUDA); move tokenisation out of __getitem__.",
+    evidence=("data_wait_ms", "step_ms", "wait_share_of_step", "steps_timed", "num_workers", "suggested_workers", "physical_cores"),
+)
+
+
+@check(DATALOADER_BOTTLENECK, phases=("warmup",))
 def dataloader_bottleneck(ctx: RunContext) -> Hint | None:
     measured = data_wait_ratio(ctx)
     if measured is None:
@@ -86,7 +95,7 @@ def dataloader_bottleneck(ctx: RunContext) -> Hint | None:
     if needed > available:
         fix += (f"; this machine has only {available} spare core(s) for workers: also make each item cheaper "
                 f"(tokenize/decode once up front, not in __getitem__)")
-    return REGISTRY["dataloader-bottleneck"].make(
+    return DATALOADER_BOTTLENECK.make(
         ctx.phase,
         f"Each step waits {wait * 1e3:.1f} ms for data against {step * 1e3:.1f} ms of compute "
         f"({ratio:.0%} of each step is waiting) with num_workers={current}.",
@@ -98,14 +107,24 @@ def dataloader_bottleneck(ctx: RunContext) -> Hint | None:
         impact=(wait + step) / step)
 
 
-@check("pin-memory-off", phases=("warmup",))
+PIN_MEMORY_OFF = HintSpec(
+    id="pin-memory-off", category="data", severity="info",
+    title="Loader does not pin memory on a CUDA run",
+    what="Fires on CUDA runs whose DataLoader does not pin memory while host-to-device copies are significant.",
+    why="Pinned memory makes host-to-device copies faster and lets them overlap with compute (non_blocking=True).",
+    fix="DataLoader(pin_memory=True) / TrainingArguments(dataloader_pin_memory=True).",
+    evidence=("pin_memory", "num_workers"),
+)
+
+
+@check(PIN_MEMORY_OFF, phases=("warmup",))
 def pin_memory_off(ctx: RunContext) -> Hint | None:
     if ctx.profile.kind != "cuda" or not ctx.judged_on_accelerator or ctx.loader is None or ctx.loader.pin_memory:
         return None
     step = ctx.median_step_s
-    copy = ctx.measurements.get("h2d_copy_s")
+    copy = ctx.facts.measured.h2d_copy_s
     measured = data_wait_ratio(ctx)
-    if isinstance(copy, (int, float)) and step:
+    if copy is not None and step:
         significant, share, basis = copy / step >= PIN_COPY_SHARE, copy / step, "h2d_copy_share"
     elif measured is not None:
         significant, share, basis = measured[2] >= PIN_WAIT_SHARE, measured[2], "data_wait_share"
@@ -116,7 +135,7 @@ def pin_memory_off(ctx: RunContext) -> Hint | None:
     fix = fix_text(ctx, lightning="DataLoader(..., pin_memory=True)",
                    hf="TrainingArguments(dataloader_pin_memory=True)",
                    torch="DataLoader(..., pin_memory=True) and batch.to('cuda', non_blocking=True)")
-    return REGISTRY["pin-memory-off"].make(
+    return PIN_MEMORY_OFF.make(
         ctx.phase,
         f"The loader does not pin memory on a CUDA run while moving data costs {share:.0%} of the step "
         f"({basis.replace('_', ' ')}).",
@@ -129,7 +148,17 @@ MIN_STARTUP_S = 0.05
 STARTUP_EPOCH_SHARE = 0.05
 
 
-@check("workers-restart", phases=("warmup",))
+WORKERS_RESTART = HintSpec(
+    id="workers-restart", category="data", severity="warning",
+    title="Loader workers are started again every epoch",
+    what="Fires when a DataLoader with num_workers > 0 and persistent_workers=False spends a real share of the epoch (default > 5%) starting its workers: the wait for the first batch of an epoch, minus the steady-state wait, times the epochs to come.",
+    why="Without persistent_workers every epoch (and every validation run) forks the workers again and re-imports the dataset in each: users report minutes of start-up per epoch and +25% wall time.",
+    fix="Lightning / plain PyTorch: DataLoader(..., num_workers=N, persistent_workers=True); HF: TrainingArguments(dataloader_persistent_workers=True).",
+    evidence=("num_workers", "persistent_workers", "first_batch_wait_s", "steady_wait_ms", "startup_s_per_epoch", "epoch_s_estimate", "startup_share_of_epoch", "epochs", "batches_per_epoch", "restarts_to_come", "seconds_saved_estimate"),
+)
+
+
+@check(WORKERS_RESTART, phases=("warmup",))
 def workers_restart(ctx: RunContext) -> Hint | None:
     loader = ctx.loader
     if loader is None or loader.num_workers <= 0 or loader.persistent_workers or not ctx.epoch_first_waits:
@@ -153,7 +182,7 @@ def workers_restart(ctx: RunContext) -> Hint | None:
                                   f"(train and val loaders)",
                    hf="TrainingArguments(dataloader_persistent_workers=True)",
                    torch=f"DataLoader(..., num_workers={loader.num_workers}, persistent_workers=True)")
-    return REGISTRY["workers-restart"].make(
+    return WORKERS_RESTART.make(
         ctx.phase,
         f"The loader's {loader.num_workers} workers start again every epoch: {startup:.2f} s of start-up before "
         f"each epoch's first batch ({share:.0%} of a {epoch_s:.1f} s epoch), {restarts} more time(s) in this fit.",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from perfcallbacks.checks.registry import check, fix_text
 from perfcallbacks.context import RunContext
-from perfcallbacks.hints import REGISTRY, Hint
+from perfcallbacks.hints import Hint, HintSpec
 
 # A measured cost below this share of the step does not fire (principle 2: measured, not guessed).
 MIN_MEASURED_SHARE = 0.05
@@ -65,13 +65,24 @@ def _fix(ctx: RunContext, modes: list[str]) -> str:
     return fix_text(ctx, lightning="; ".join(lightning), hf="; ".join(hf), torch="; ".join(torch_))
 
 
-@check("debug-mode-on", phases=("warmup",))
+DEBUG_MODE_ON = HintSpec(
+    id="debug-mode-on", category="debug", severity="warning",
+    title="A debugging mode is left on during training",
+    what="Fires when anomaly detection (torch.autograd.set_detect_anomaly / Trainer(detect_anomaly=True)), CUDA_LAUNCH_BLOCKING=1, CUDA sync-debug mode, a profiler recording every step, or deterministic algorithms are on while training. Where it can be toggled safely (anomaly detection, deterministic algorithms) its cost is measured on one real batch (forward + backward with and without, no optimizer step); a measured cost under 5% of the step does not fire.",
+    why="Anomaly detection records a Python stack trace for every op and checks every gradient for NaN: measured here 1.3x to tens of x slower steps on small MLPs and a small CNN (benchmarks/debug_mode.md; more for many small ops and deep stacks). CUDA_LAUNCH_BLOCKING=1 (set by HF full_determinism=True) waits for every kernel, removing all CPU/GPU overlap; sync-debug mode and profilers add work to every op.",
+    fix="Lightning: Trainer(detect_anomaly=False, profiler=None, deterministic=False); HF: TrainingArguments(full_determinism=False) and do not export CUDA_LAUNCH_BLOCKING; plain PyTorch: torch.autograd.set_detect_anomaly(False), torch.cuda.set_sync_debug_mode(0), torch.use_deterministic_algorithms(False). Keep them for the debugging session only.",
+    evidence=("modes", "sources"),
+)
+
+
+@check(DEBUG_MODE_ON, phases=("warmup",))
 def debug_mode_on(ctx: RunContext) -> Hint | None:
     modes = modes_on(ctx)
     if not modes:
         return None
     debug = ctx.debug
-    measured = debug.measured if debug.measured.get("with_s") is not None else {}
+    probe = debug.probe
+    measured, probed = probe.baseline_s is not None, debug.probed_modes
     step = ctx.median_step_s
     evidence: dict = {"modes": modes, "sources": {m: debug.sources[m] for m in modes if m in debug.sources}}
     if debug.profiler:
@@ -80,11 +91,11 @@ def debug_mode_on(ctx: RunContext) -> Hint | None:
         evidence["sync_debug_mode"] = debug.sync_debug_mode
     impact = share = None
     # Measured on this machine: meaningful for the run's own device, not for a different target.
-    local_measure = bool(measured) and (ctx.target is None or ctx.target.kind == ctx.local.kind)
+    local_measure = measured and (ctx.target is None or ctx.target.kind == ctx.local.kind)
     if measured:
-        with_s, without_s = float(measured["with_s"]), float(measured["without_s"])
+        with_s, without_s = float(probe.baseline_s), float(probe.variant_s)  # type: ignore[arg-type]
         extra = max(0.0, with_s - without_s)
-        evidence.update({"measured_modes": measured.get("modes", []), "probe_with_ms": round(with_s * 1e3, 3),
+        evidence.update({"measured_modes": probed, "probe_with_ms": round(with_s * 1e3, 3),
                          "probe_without_ms": round(without_s * 1e3, 3), "extra_ms_per_step": round(extra * 1e3, 3)})
         if step:
             share = extra / step
@@ -96,7 +107,7 @@ def debug_mode_on(ctx: RunContext) -> Hint | None:
                              "estimated_step_slowdown": round(impact, 3)})
         else:
             impact = with_s / max(without_s, 1e-12)
-    unmeasured = [m for m in modes if m not in measured.get("modes", [])]
+    unmeasured = [m for m in modes if m not in probed]
     if local_measure and share is not None and share < MIN_MEASURED_SHARE and not unmeasured:
         return None  # the run shows the mode costs nothing here
     loud = {"anomaly", "launch_blocking", "sync_debug_mode", "profiler"}
@@ -111,12 +122,12 @@ def debug_mode_on(ctx: RunContext) -> Hint | None:
     elif measured:
         cost = " Its cost was measured on this machine only; on the target device it is not known."
         impact = None
-    elif debug.measured.get("skipped") or debug.measured.get("error"):
-        reason = debug.measured.get("skipped") or debug.measured.get("error")
+    elif probe.not_measured:
+        reason = probe.not_measured
         evidence["not_measured"] = reason
         cost = f" Not measured: {reason}."
     else:
         cost = " Its cost cannot be measured inside the run (it cannot be switched off safely here)."
-    return REGISTRY["debug-mode-on"].make(
+    return DEBUG_MODE_ON.make(
         ctx.phase, f"Debugging mode left on during training: {labels}.{cost}", _fix(ctx, modes),
         evidence=evidence, impact=impact if local_measure else None, severity=severity)

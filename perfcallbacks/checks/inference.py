@@ -1,14 +1,12 @@
 """Inference checks: autograd/train mode in inference, int8, autocast, threads, repeated inputs.
 
 They read ``ctx.inference`` (how forwards ran), ``ctx.inference_batches``
-(with row hashes) and ``ctx.measurements``, written by
-:func:`perfcallbacks.probes.run_inference_probes` (or by a guarded fix)::
-
-    "threads":       {"current": 2, "latency_s": {"1": 0.031, "2": 0.018}}
-    "int8":          {"speedup": 1.37, "fidelity": {...},       # measured int8 vs fp32
-                      "status": "applied", "source": "fix"}     # guard outcome; "probe" = measured only
-    "autocast":      {"speedup": 1.9}                           # measured autocast vs fp32
-    "grad_overhead": 1.15                                       # forward with autograd / inference_mode
+(with row hashes), ``ctx.facts.model`` and ``ctx.facts.measured``
+(:class:`~perfcallbacks.run_facts.Measurements`, parsed from what
+:func:`perfcallbacks.probes.run_inference_probes` or a guarded fix measured):
+the thread sweep, int8 and autocast against fp32 (int8 with the guard's
+decision and whether it came from the probe or the fix), and the autograd
+overhead.
 
 A measured number always wins over an estimate: a measured int8 or autocast
 result that gains nothing silences its hint.
@@ -16,12 +14,12 @@ result that gains nothing silences its hint.
 
 from __future__ import annotations
 
-from perfcallbacks.checks.model import gemm_layers, is_quantized, linear_share
 from perfcallbacks.checks.precision import TENSOR_CORE_SPEEDUP, precision_dtypes
 from perfcallbacks.checks.registry import check, fix_text
 from perfcallbacks.context import RunContext
 from perfcallbacks.device import EMULATED, UNSUPPORTED
-from perfcallbacks.hints import REGISTRY, Hint
+from perfcallbacks.hints import Hint, HintSpec
+from perfcallbacks.run_facts import Int8Measure
 
 # A measured fix must gain at least 5% (the guarded fixes' default margin).
 MEASURED_GAIN_MIN = 1.05
@@ -50,18 +48,17 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms"
 
 
-def _judged_on_cpu(ctx: RunContext) -> bool:
-    return ctx.profile.kind == "cpu" if ctx.target else ctx.model_device == "cpu"
+GRAD_IN_INFERENCE = HintSpec(
+    id="grad-in-inference", category="inference", severity="warning",
+    title="Inference with autograd on or in train mode",
+    what="Fires when a validation/predict forward runs with autograd enabled or the model in train mode.",
+    why="Autograd keeps activations alive for a backward that never comes; train mode keeps dropout on.",
+    fix="Wrap inference in torch.inference_mode() and call model.eval().",
+    evidence=("calls", "grad_enabled_calls", "train_mode_calls", "stage", "grad_overhead_measured"),
+)
 
 
-def _measured_speedup(ctx: RunContext, key: str) -> float | None:
-    value = ctx.measurements.get(key)
-    if isinstance(value, dict):
-        value = value.get("speedup")
-    return float(value) if isinstance(value, (int, float)) and value > 0 else None
-
-
-@check("grad-in-inference", phases=("inference",))
+@check(GRAD_IN_INFERENCE, phases=("inference",))
 def grad_in_inference(ctx: RunContext) -> Hint | None:
     info = ctx.inference
     if info.calls < 1 or (info.grad_enabled_calls == 0 and info.train_mode_calls == 0):
@@ -77,8 +74,8 @@ def grad_in_inference(ctx: RunContext) -> Hint | None:
                    hf="do not call model.train() or torch.enable_grad() in evaluation/prediction code "
                       "(Trainer.evaluate/predict already run under torch.no_grad)",
                    torch="model.eval(); with torch.inference_mode(): outputs = model(batch)")
-    overhead = ctx.measurements.get("grad_overhead")
-    return REGISTRY["grad-in-inference"].make(
+    overhead = ctx.facts.measured.grad_overhead
+    return GRAD_IN_INFERENCE.make(
         ctx.phase,
         f"Inference forwards ran with {' and '.join(problems)} calls"
         + (f" ({info.stage})" if info.stage else "") + ".",
@@ -86,39 +83,45 @@ def grad_in_inference(ctx: RunContext) -> Hint | None:
         evidence={"calls": info.calls, "grad_enabled_calls": info.grad_enabled_calls,
                   "train_mode_calls": info.train_mode_calls, "stage": info.stage,
                   "grad_overhead_measured": overhead},
-        impact=overhead if isinstance(overhead, (int, float)) and overhead > 1 else None)
+        impact=overhead if overhead is not None and overhead > 1 else None)
 
 
-def _int8_outcome(ctx: RunContext) -> dict:
-    value = ctx.measurements.get("int8")
-    return value if isinstance(value, dict) else {}
+INT8_AVAILABLE = HintSpec(
+    id="int8-available", category="inference", severity="info",
+    title="int8 dynamic quantization would speed up CPU inference",
+    what="Fires for CPU inference of a Linear-heavy fp32 model. Not after auto_apply applied int8 (the fix entry carries the numbers).",
+    why="int8 GEMMs do ~2-4x the work per cycle of fp32 on x86: measured on MiniLM, 1.25-1.37x end to end on AVX2, 2.3-3.0x with AVX-512 VNNI (benchmarks/impacts.md).",
+    fix="PerfHintCallback(auto_apply=True) / HFPerfHints(auto_apply=True) / Advisor(auto_apply=True).optimize_inference(model, batch) measure and apply guarded int8 on the job; perfcallbacks.quantize_for_export(model, path, example_inputs=batch) writes an int8 artifact.",
+    evidence=("linear_flop_share", "linear_params", "int8_support", "measured_speedup", "fidelity"),
+    fix_id="dynamic-quantization",
+)
 
 
-@check("int8-available", phases=("inference",))
+@check(INT8_AVAILABLE, phases=("inference",))
 def int8_available(ctx: RunContext) -> Hint | None:
     """int8 dynamic quantization would speed up CPU inference (measured when possible).
 
-    After ``auto_apply`` applied int8 (``measurements["int8"]`` from the fix with
+    After ``auto_apply`` applied int8 (``facts.measured.int8`` from the fix with
     ``status == "applied"``) the opportunity is taken: the hint does not fire and
     the report's ``fixes`` entry carries the measured speedup and fidelity (a user
     reads ``hints`` as what is still open). A guard that measured int8 faster but
     rejected it (outputs beyond tolerance, or the task guard) silences the hint too:
     the measurement says int8 is not safe for this model.
     """
-    outcome = _int8_outcome(ctx)
-    if outcome.get("status") == "applied" and outcome.get("source") == "fix":
+    outcome, model = ctx.facts.measured.int8 or Int8Measure(), ctx.facts.model
+    measured = outcome.speedup
+    if outcome.status == "applied" and outcome.source == "fix":
         return None
-    if outcome.get("status") == "rejected" and (_measured_speedup(ctx, "int8") or 0) >= MEASURED_GAIN_MIN:
+    if outcome.status == "rejected" and (measured or 0) >= MEASURED_GAIN_MIN:
         return None
-    if not _judged_on_cpu(ctx) or ctx.profile.supports("int8_dynamic") in (EMULATED, UNSUPPORTED):
+    if not ctx.judged_on_cpu or ctx.profile.supports("int8_dynamic") in (EMULATED, UNSUPPORTED):
         return None
-    if ctx.model is None or ctx.param_dtype not in (None, "fp32") or is_quantized(ctx.model):
+    if not model.present or ctx.param_dtype not in (None, "fp32") or model.quantized:
         return None
-    share = linear_share(ctx.model)
+    share = model.linear_share
     if share < INT8_MIN_LINEAR_SHARE:
         return None
-    measured = _measured_speedup(ctx, "int8")
-    linear_params = sum(layer.flops for layer in gemm_layers(ctx.model) if layer.kind == "linear")
+    linear_params = model.linear_params
     if measured is not None:
         if measured < MEASURED_GAIN_MIN:
             return None
@@ -138,29 +141,39 @@ def int8_available(ctx: RunContext) -> Hint | None:
                          "expected_batches=len(loader)) (decides int8 on the job's own batches; the fp32 model "
                          "answers unless int8 is faster and faithful), or "
                          "perfcallbacks.quantize_for_export(model, path, example_inputs=batch)")
-    int8 = outcome
-    return REGISTRY["int8-available"].make(
+    return INT8_AVAILABLE.make(
         ctx.phase,
         f"CPU inference of an fp32 model whose Linear layers hold {share:.0%} of the GEMM FLOPs: int8 dynamic "
         f"quantization is {impact:.2f}x faster ({basis}).",
         fix,
         evidence={"linear_flop_share": round(share, 4), "linear_params": linear_params,
                   "int8_support": ctx.profile.supports("int8_dynamic"), "measured_speedup": measured,
-                  "fidelity": int8.get("fidelity")},
+                  "fidelity": outcome.fidelity},
         impact=impact)
 
 
-@check("autocast-available", phases=("inference",))
+AUTOCAST_AVAILABLE = HintSpec(
+    id="autocast-available", category="inference", severity="info",
+    title="Accelerator inference in fp32",
+    what="Fires for accelerator inference in fp32 where fp16/bf16 autocast is supported.",
+    why="Low-precision inference uses Tensor Cores and halves memory traffic.",
+    fix='with torch.autocast("cuda", dtype=torch.bfloat16): ... (or auto_apply=True to measure it).',
+    evidence=("device", "param_dtype", "autocast_dtype", "autocast_calls", "measured_speedup"),
+    fix_id="autocast",
+)
+
+
+@check(AUTOCAST_AVAILABLE, phases=("inference",))
 def autocast_available(ctx: RunContext) -> Hint | None:
     profile = ctx.profile
     if not ctx.judged_on_accelerator or not profile.is_accelerator:
         return None
     dtype = profile.fast_autocast_dtype()
-    if dtype is None or ctx.model is None or ctx.param_dtype not in (None, "fp32"):
+    if dtype is None or not ctx.facts.model.present or ctx.param_dtype not in (None, "fp32"):
         return None
     if precision_dtypes(ctx) or ctx.inference.autocast_calls:
         return None
-    measured = _measured_speedup(ctx, "autocast")
+    measured = ctx.facts.measured.autocast_speedup
     if measured is not None and measured < MEASURED_GAIN_MIN:
         return None
     impact = measured if measured is not None else (TENSOR_CORE_SPEEDUP if profile.has_matrix_units else None)
@@ -172,7 +185,7 @@ def autocast_available(ctx: RunContext) -> Hint | None:
                       f"covers evaluate/predict) or HFPerfHints(auto_apply=True)",
                    torch=f"with torch.inference_mode(), torch.autocast(\"{profile.kind}\", dtype=torch.{name}): "
                          f"outputs = model(batch)")
-    return REGISTRY["autocast-available"].make(
+    return AUTOCAST_AVAILABLE.make(
         ctx.phase,
         f"Inference runs in fp32 on {profile.name}, where {name} autocast is fast"
         + (f" (measured {measured:.2f}x)." if measured else "."),
@@ -182,7 +195,18 @@ def autocast_available(ctx: RunContext) -> Hint | None:
         impact=impact)
 
 
-@check("threads-untuned", phases=("inference",))
+THREADS_UNTUNED = HintSpec(
+    id="threads-untuned", category="inference", severity="info",
+    title="Intra-op thread count is not the measured best",
+    what="Fires when the measured best intra-op thread count for inference differs from the current one.",
+    why="Too many threads per worker oversubscribe cores; too few leave them idle.",
+    fix="torch.set_num_threads(N) with the measured N (auto_apply=True does it).",
+    evidence=("current_threads", "best_threads", "latency_ms", "dropped_as_implausible"),
+    fix_id="threads",
+)
+
+
+@check(THREADS_UNTUNED, phases=("inference",))
 def threads_untuned(ctx: RunContext) -> Hint | None:
     """The measured best intra-op thread count differs from the current one.
 
@@ -193,17 +217,11 @@ def threads_untuned(ctx: RunContext) -> Hint | None:
     """
     from perfcallbacks.probes import plausible_ratio
 
-    measure = ctx.measurements.get("threads")
-    if not isinstance(measure, dict) or ctx.judged_on_accelerator:
+    measure = ctx.facts.measured.threads
+    if measure is None or ctx.judged_on_accelerator:
         return None
-    latency = {}
-    for key, value in (measure.get("latency_s") or {}).items():
-        try:
-            if float(value) > 0:
-                latency[int(key)] = float(value)
-        except (TypeError, ValueError):
-            continue
-    current = measure.get("current")
+    latency = dict(measure.latency_s)
+    current = measure.current
     if current not in latency:
         return None
     cores = ctx.local.physical_cores or (ctx.threads.physical_cores if ctx.threads else None) or max(latency)
@@ -219,18 +237,28 @@ def threads_untuned(ctx: RunContext) -> Hint | None:
     fix = f"torch.set_num_threads({best}) before inference (or OMP_NUM_THREADS={best})"
     if ctx.framework in ("lightning", "hf"):
         fix += f"; {'PerfHintCallback' if ctx.framework == 'lightning' else 'HFPerfHints'}(auto_apply=True) does it"
-    return REGISTRY["threads-untuned"].make(
+    return THREADS_UNTUNED.make(
         ctx.phase,
         f"Inference with {current} intra-op threads takes {_ms(latency[current])} per batch; "
         f"{best} threads take {_ms(latency[best])} ({gain:.2f}x faster, steady-state medians).",
         fix,
         evidence={"current_threads": current, "best_threads": best,
                   "latency_ms": {str(k): float(f"{v * 1e3:.4g}") for k, v in sorted(latency.items())},
-                  "dropped_as_implausible": measure.get("dropped")},
+                  "dropped_as_implausible": measure.dropped},
         impact=gain)
 
 
-@check("repeated-inputs", phases=("inference",))
+REPEATED_INPUTS = HintSpec(
+    id="repeated-inputs", category="inference", severity="info",
+    title="Identical inputs seen repeatedly in predict",
+    what="Fires when identical inputs are seen repeatedly across predict batches.",
+    why="Recomputing the same outputs wastes the whole forward pass; a cache returns them for free.",
+    fix="Deduplicate inputs before predict or cache outputs by input hash (functools.lru_cache on a tuple of token ids).",
+    evidence=("rows_seen", "distinct_rows", "duplicate_share", "batches_seen"),
+)
+
+
+@check(REPEATED_INPUTS, phases=("inference",))
 def repeated_inputs(ctx: RunContext) -> Hint | None:
     hashes = [h for b in ctx.inference_batches for h in b.row_hashes]
     if len(hashes) < REPEAT_MIN_ROWS:
@@ -242,7 +270,7 @@ def repeated_inputs(ctx: RunContext) -> Hint | None:
     fix = ("deduplicate before the forward and scatter back: "
            "uniq, inverse = torch.unique(input_ids, dim=0, return_inverse=True); "
            "out = model(uniq)[inverse] (or cache outputs keyed by the input's token ids)")
-    return REGISTRY["repeated-inputs"].make(
+    return REPEATED_INPUTS.make(
         ctx.phase,
         f"{share:.0%} of the {len(hashes)} inference rows seen are exact repeats ({unique} distinct): "
         f"a cache or deduplication would skip their forward passes.",

@@ -1,6 +1,7 @@
 """The check registry: every check is a pure function of a :class:`RunContext`.
 
-A check is registered for the hint id it can emit and the phases it runs in;
+A check is registered with the :class:`~perfcallbacks.hints.HintSpec` it emits (declared beside
+it, which puts the spec in the registry) and the phases it runs in;
 the :class:`~perfcallbacks.advisor.Advisor` runs them and turns a crash into a
 recorded failure (deepchecks' ``CheckFailure`` idea), never an exception.
 """
@@ -11,7 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from perfcallbacks.context import RunContext
-from perfcallbacks.hints import PHASES, REGISTRY, Hint
+from perfcallbacks.hints import PHASES, REGISTRY, Hint, HintSpec
 
 CheckFn = Callable[[RunContext], "Hint | Iterable[Hint] | None"]
 
@@ -30,23 +31,26 @@ class Check:
 CHECKS: list[Check] = []
 
 
-def check(hint_id: str, phases: Iterable[str]) -> Callable[[CheckFn], CheckFn]:
-    """Register ``fn`` as the check for ``hint_id`` in ``phases``.
+def check(spec: HintSpec, phases: Iterable[str]) -> Callable[[CheckFn], CheckFn]:
+    """Register ``spec`` (declared beside the check) and ``fn`` as its check in ``phases``.
 
     Example::
 
-        @check("gpu-unused", phases=("setup",))
+        GPU_UNUSED = HintSpec(id="gpu-unused", category="device", severity="critical", ...)
+
+        @check(GPU_UNUSED, phases=("setup",))
         def gpu_unused(ctx: RunContext) -> Hint | None: ...
     """
     phases = tuple(phases)
-    if hint_id not in REGISTRY:
-        raise ValueError(f"check registered for unknown hint id {hint_id!r}")
+    if not isinstance(spec, HintSpec):
+        raise TypeError(f"check() takes the HintSpec the check emits, got {type(spec).__name__}")
     bad = [p for p in phases if p not in PHASES]
     if bad:
         raise ValueError(f"unknown phases {bad}; allowed: {PHASES}")
+    REGISTRY.register(spec)
 
     def register(fn: CheckFn) -> CheckFn:
-        CHECKS.append(Check(hint_id, phases, fn))
+        CHECKS.append(Check(spec.id, phases, fn))
         return fn
 
     return register

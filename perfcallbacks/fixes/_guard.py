@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from perfcallbacks.model_facts import model_device  # noqa: F401 (the fixes import it from here)
+
 log = logging.getLogger("perfcallbacks.fixes")
 
 
@@ -98,14 +100,6 @@ def safe_copy(model: nn.Module) -> nn.Module:
         if ref is not None:
             memo[id(ref)] = ref
     return copy.deepcopy(model, memo)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
 
 
 def is_compiled(model: Any) -> bool:

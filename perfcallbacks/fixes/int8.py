@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from perfcallbacks.fixes._guard import quiet_torch
+from perfcallbacks.model_facts import quantized_reason as is_quantized  # noqa: F401 (one test, shared with the hint)
 
 WEIGHT_BITS = 7  # 2 * 255 * 64 < 32767: no int16 saturation on AVX2 (vpmaddubsw) without VNNI
 OPS_BACKENDS = ("fbgemm", "onednn")  # prepacking engines of torch.ops.quantized, measured per machine
@@ -248,21 +249,6 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, module)
-
-
-def is_quantized(model: nn.Module) -> str | None:
-    """Why ``model`` already counts as quantized (a short reason), or ``None``."""
-    for name, m in model.named_modules():
-        mod = type(m).__module__
-        if isinstance(m, (Int8DynamicLinear, Int8WeightLinear, Int8Embedding)) or mod.startswith(
-                ("torch.ao.nn.quantized", "torch.nn.quantized", "torch.ao.nn.intrinsic.quantized",
-                 "bitsandbytes", "torchao", "optimum.quanto", "auto_gptq", "awq")):
-            return f"module {name or '<root>'} is {type(m).__name__}"
-    for name, p in list(model.named_parameters()) + list(model.named_buffers()):
-        if p.is_quantized or type(p).__module__.startswith("torchao") or (
-                name.endswith("weight") and p.dtype in (torch.int8, torch.uint8)):
-            return f"tensor {name} is already quantized ({type(p).__name__}, {p.dtype})"
-    return None
 
 
 def relative_error(ref: torch.Tensor, new: torch.Tensor) -> float:

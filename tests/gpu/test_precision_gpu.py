@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from perfcallbacks import Advisor
-from perfcallbacks.report import FIX_STATUSES
 from scenarios import find_fix, find_hint, mlp, vector_loader
 
 pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore::perfcallbacks.hints.PerfHintWarning")]
@@ -69,13 +68,12 @@ def test_autocast_fix_is_measured_and_recorded_on_predict(strict_fp32):
     out = quiet_trainer(accelerator="cuda", devices=1, callbacks=[cb]).predict(
         lit, vector_loader(64 * 32, 1024, batch_size=64, classes=16))
     fix = find_fix(cb.advisor.report, "autocast")
-    assert fix is not None and fix.status in FIX_STATUSES
-    assert fix.status != "failed", fix.reason
-    if fix.status in ("applied", "rejected"):
-        assert fix.speedup is not None and fix.speedup > 0
-        assert fix.details["dtype"] in ("bfloat16", "float16")
-        assert fix.details["device_type"] == "cuda"
-        assert 0.9 < fix.fidelity["cosine_mean"] <= 1.0 + 1e-6
+    # Measured means decided on timings: "skipped" or "failed" is what this test exists to catch.
+    assert fix is not None and fix.status in ("applied", "rejected"), fix and fix.reason
+    assert fix.speedup is not None and fix.speedup > 0
+    assert fix.details["dtype"] in ("bfloat16", "float16")
+    assert fix.details["device_type"] == "cuda"
+    assert 0.9 < fix.fidelity["cosine_mean"] <= 1.0 + 1e-6
     if fix.status == "applied":  # once decided, the remaining batches really ran in the low-precision dtype
         assert out[-1].dtype in (torch.bfloat16, torch.float16)
     assert lit.forward == forward_before  # the stage's patch is gone
