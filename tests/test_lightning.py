@@ -358,6 +358,56 @@ def test_auto_apply_fix_answers_predict_from_a_copy_decided_on_the_job(tmp_path,
     assert saved["overhead_s"] >= fix.cost_s
 
 
+class _CountingModule(_SlowModule):
+    """Logs one count per validation batch (summed): a batch logged twice would show in the metric."""
+
+    returns = True
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        out = self(x)
+        self.log("batches", 1.0, reduce_fx="sum", on_step=False, on_epoch=True)
+        self.log("val_loss", nn.functional.cross_entropy(out, y))
+        return out if self.returns else None
+
+
+def test_auto_apply_on_validate_leaves_the_users_metrics_as_logged(tmp_path, local, monkeypatch):
+    import dataclasses
+
+    import perfcallbacks.fixes.pipeline as pipeline
+
+    pipeline.clear_memo()
+    monkeypatch.setattr(pipeline, "FIXES", (dataclasses.replace(_fast_copy_spec(), stages=("validate",)),))
+    monkeypatch.setattr("perfcallbacks.advisor.Advisor.probe_inference", lambda self, m, b, **kw: [])
+    model = _CountingModule()
+    cb = make_cb(local, auto_apply=True)
+    plain = trainer(tmp_path, None, limit_val_batches=1.0).validate(copy.deepcopy(model), loader(n=40 * 16))
+    guarded = trainer(tmp_path, cb, limit_val_batches=1.0).validate(model, loader(n=40 * 16))
+    fix = next(f for f in cb.advisor.fixes if f.id == "fake-fast")
+    assert fix.status == "applied" and fix.details["calls_shadowed"] >= 2, fix.reason
+    # the shadow calls ran the copy's validation_step too: none of its self.log calls reached the metrics
+    assert guarded[0]["batches"] == plain[0]["batches"] == 40
+    assert guarded[0]["val_loss"] == pytest.approx(plain[0]["val_loss"], rel=1e-5)
+    assert "log" not in vars(model) and "log_dict" not in vars(model)
+
+
+def test_auto_apply_on_a_validation_step_without_output_changes_nothing(tmp_path, local, monkeypatch):
+    import dataclasses
+
+    import perfcallbacks.fixes.pipeline as pipeline
+
+    pipeline.clear_memo()
+    monkeypatch.setattr(pipeline, "FIXES", (dataclasses.replace(_fast_copy_spec(), stages=("validate",)),))
+    monkeypatch.setattr("perfcallbacks.advisor.Advisor.probe_inference", lambda self, m, b, **kw: [])
+    model = _CountingModule()
+    model.returns = False  # the common validation_step: it logs and returns nothing
+    cb = make_cb(local, auto_apply=True)
+    metrics = trainer(tmp_path, cb, limit_val_batches=1.0).validate(model, loader(n=40 * 16))
+    fix = next(f for f in cb.advisor.fixes if f.id == "fake-fast")
+    assert fix.status == "skipped" and "returned no tensor to compare (NoneType)" in fix.reason
+    assert model.calls == 40 and metrics[0]["batches"] == 40  # every batch ran once, on the user's module
+
+
 def test_auto_apply_skips_measuring_on_a_short_job(tmp_path, local, monkeypatch):
     import perfcallbacks.fixes.pipeline as pipeline
 

@@ -19,11 +19,12 @@ verified again on the first call).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -649,6 +650,12 @@ class GuardedCalls:
 
     def _start_next(self, batch: Any, args: tuple, kwargs: dict, ref_out: Any, ref_s: float) -> None:
         """Begin the next pending fix on this call (which already ran on the active model)."""
+        try:
+            output_tensor(ref_out)
+        except TypeError:  # e.g. a validation_step that only logs: nothing to judge fidelity on
+            self._conclude_all("skipped", f"{self.method} returned no tensor to compare "
+                               f"({type(ref_out).__name__}): fidelity cannot be judged, so nothing is changed")
+            return
         while self.pending and self.trial is None:
             spec = self.pending.pop(0)
             if self.active is not None and self.active.fix_id in spec.exclusive_with:
@@ -802,7 +809,8 @@ class GuardedCalls:
 
     # -- trial --------------------------------------------------------------------------------------
     def _shadow(self, trial: _Trial, batch: Any, args: tuple, kwargs: dict, ref_out: Any, ref_s: float | None) -> None:
-        cand_s, cand_out = self._timed(lambda: self._call_candidate(trial.candidate, args, kwargs))
+        with _unlogged(trial.candidate.model):
+            cand_s, cand_out = self._timed(lambda: self._call_candidate(trial.candidate, args, kwargs))
         start = self.clock()
         ev = trial.evidence
         trial.calls_shadowed += 1
@@ -922,6 +930,28 @@ class GuardedCalls:
             self.record(result)
         except Exception:
             log.debug("perfcallbacks: recording a fix failed", exc_info=True)
+
+
+@contextlib.contextmanager
+def _unlogged(model: nn.Module) -> Iterator[None]:
+    """A shadow call must not log: the user's step already logged this batch. A LightningModule's
+    ``self.log`` would count the batch twice in the user's metrics, and with ``sync_dist=True`` start a
+    collective on rank zero alone. Instance attributes shadow the methods for the call, then go."""
+    names = [n for n in ("log", "log_dict") if callable(getattr(model, n, None)) and n not in vars(model)]
+    if not names or "_trainer" not in vars(model):  # a LightningModule (its trainer given back by _reattach)
+        yield
+        return
+    for name in names:
+        setattr(model, name, _no_log)
+    try:
+        yield
+    finally:
+        for name in names:
+            model.__dict__.pop(name, None)
+
+
+def _no_log(*args: Any, **kwargs: Any) -> None:
+    return None
 
 
 def _reattach(owner: nn.Module, copy: nn.Module) -> None:
