@@ -300,6 +300,11 @@ def test_predict_probes_once_with_a_real_batch(tmp_path, local, monkeypatch):
     model = TinyModule()
     trainer(tmp_path, cb).predict(model, loader(n=64))
     assert len(probed) == 1 and probed[0][0] is model and probed[0][1][0].shape == (16, 32)
+    trainer(tmp_path, cb).predict(model, loader(n=64))  # the same model again: measured already
+    assert len(probed) == 1
+    other = TinyModule()
+    trainer(tmp_path, cb).predict(other, loader(n=64))  # another model is probed
+    assert len(probed) == 2 and probed[1][0] is other
 
 
 # -- auto_apply ------------------------------------------------------------------------------------------

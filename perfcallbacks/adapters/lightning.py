@@ -134,6 +134,7 @@ class PerfHintCallback(Callback):
         self._fit_val_seen = False
         self._train_ended = False  # on_train_end ran in this fit (Lightning skips it when nothing trains)
         self._examples = ExampleBatch()
+        self._probed_module: Any = None  # weakref to the module whose inference was probed (once per module)
         self._stage_started: float | None = None
         self._log_dir: str | None = None
         self._table_signature: tuple | None = None  # what the last printed table showed
@@ -147,7 +148,7 @@ class PerfHintCallback(Callback):
         if advisor is not None:
             state["_pending_state"] = advisor.state_dict()
         for key in ("_observing", "_stage", "_inference_stage", "_fit_val_seen", "_train_ended", "_examples",
-                    "_stage_started", "_log_dir", "_table_signature", "_call_hook", "_loop_call"):
+                    "_stage_started", "_log_dir", "_table_signature", "_call_hook", "_loop_call", "_probed_module"):
             state.pop(key, None)
         return state
 
@@ -460,7 +461,13 @@ class PerfHintCallback(Callback):
         results = advisor.end_stage(stage)
         self._fill_loop_call()
         example = self._examples.get(stage)
-        if example is not None:
+        # Probe a module's inference once (as HF does): a second predict with the same callback and model would
+        # pay the same measurements again for the same answer.
+        probed = self._probed_module is not None and self._probed_module() is pl_module
+        if example is not None and not probed:
+            import weakref
+
+            self._probed_module = weakref.ref(pl_module)
             elapsed = time.perf_counter() - (self._stage_started or time.perf_counter())
             calls = _stage_batches(trainer, stage) or 1
             advisor.probe_inference(pl_module, example, deadline_s=self._probe_deadline(advisor),
