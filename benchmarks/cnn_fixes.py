@@ -86,12 +86,12 @@ class ConvPredict(pl.LightningModule):
         return self(images)
 
 
-def cnn_job(batches: int, batch_size: int) -> tuple[pl.LightningModule, DataLoader]:
+def cnn_job(batches: int, batch_size: int, size: int = 16) -> tuple[pl.LightningModule, DataLoader]:
     from image_classification import SmallResNet, StripeImages
 
     torch.manual_seed(0)
     module = ConvPredict(SmallResNet(32)).eval()
-    return module, DataLoader(StripeImages(batch_size * batches, 16, seed=1), batch_size=batch_size)
+    return module, DataLoader(StripeImages(batch_size * batches, size, seed=1), batch_size=batch_size)
 
 
 def sdpa_job(batches: int, batch_size: int) -> tuple[pl.LightningModule, DataLoader]:
@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--text-batches", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--only", choices=("channels-last", "sdpa"), default=None)
+    parser.add_argument("--image-size", type=int, default=16, help="CNN job's image side (16 or 32 px)")
     parser.add_argument("--isolate", action="store_true",
                         help="the guard considers only the fix under test (without it, e.g. dynamic-quantization "
                              "is also measured and applied on predict and shares the wall time)")
@@ -296,8 +297,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     if args.only in (None, "channels-last"):
         saved = isolated("channels-last")
-        rows.append(run("small_resnet_w32_16px", "channels-last", *cnn_job(args.cnn_batches, args.batch_size),
-                        args.repeats) | {"isolated": args.isolate})
+        rows.append(run(f"small_resnet_w32_{args.image_size}px", "channels-last",
+                        *cnn_job(args.cnn_batches, args.batch_size, args.image_size), args.repeats)
+                    | {"isolated": args.isolate, "image_size": args.image_size})
         restore(saved)
         save()
     if args.only in (None, "sdpa"):
