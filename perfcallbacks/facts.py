@@ -527,7 +527,6 @@ def _probe_debug(ctx: RunContext, model: nn.Module, batch: Any, budget_s: float,
 
 
 def _probe_channels_last(ctx: RunContext, model: nn.Module, batch: Any, budget_s: float) -> None:
-    from perfcallbacks.fixes.candidate import Candidate
     from perfcallbacks.fixes.channels_last import channels_last_candidate
 
     layout = ctx.layout
@@ -536,46 +535,39 @@ def _probe_channels_last(ctx: RunContext, model: nn.Module, batch: Any, budget_s
     layout.measured["conv2d_flop_share"] = conv_flop_share(model, batch)
     if layout.measured["conv2d_flop_share"] is not None:
         layout.conv2d_share = layout.measured["conv2d_flop_share"]
-    over = _over_budget(ctx, 2, budget_s) or (None if _copy_affordable(model) else
-                                              "model too large to copy for the probe")
-    if over:
-        layout.measured["skipped"] = over
-        return
-    cand = channels_last_candidate(model, batch, profile=ctx.profile)
-    if not isinstance(cand, Candidate):
-        layout.measured["skipped"] = cand.reason
-        return
-    start = time.perf_counter()
-    cand.model.train(False)
-    times = _compare(ctx, {"contiguous": _train_step(model, batch),
-                           "channels_last": _train_step(cand.model, cand.prepare(batch))}, budget_s)
-    layout.measured.update({"contiguous_s": times["contiguous"], "channels_last_s": times["channels_last"],
-                            "speedup": times["contiguous"] / max(times["channels_last"], 1e-12),
-                            "probe_s": time.perf_counter() - start})
+    _probe_candidate(ctx, model, batch, budget_s, layout.measured, channels_last_candidate,
+                     ("contiguous", "channels_last"))
 
 
 def _probe_sdpa(ctx: RunContext, model: nn.Module, batch: Any, budget_s: float) -> None:
-    from perfcallbacks.fixes.candidate import Candidate
     from perfcallbacks.fixes.sdpa import sdpa_candidate
 
-    attn = ctx.attention
-    if attn is None:
-        return
+    if ctx.attention is not None:
+        _probe_candidate(ctx, model, batch, budget_s, ctx.attention.measured, sdpa_candidate, ("eager", "sdpa"))
+
+
+def _probe_candidate(ctx: RunContext, model: nn.Module, batch: Any, budget_s: float, measured: dict[str, Any],
+                     build: Callable[..., Any], names: tuple[str, str]) -> None:
+    """One training step of ``model`` and of the fix's candidate copy, interleaved, into ``measured``:
+    ``<before>_s``, ``<after>_s``, ``speedup`` and ``probe_s`` (or ``skipped`` with the reason)."""
+    from perfcallbacks.fixes.candidate import Candidate
+
     over = _over_budget(ctx, 2, budget_s) or (None if _copy_affordable(model) else
                                               "model too large to copy for the probe")
     if over:
-        attn.measured["skipped"] = over
+        measured["skipped"] = over
         return
-    cand = sdpa_candidate(model, batch, profile=ctx.profile)
+    cand = build(model, batch, profile=ctx.profile)
     if not isinstance(cand, Candidate):
-        attn.measured["skipped"] = cand.reason
+        measured["skipped"] = cand.reason
         return
     start = time.perf_counter()
     cand.model.train(False)
-    times = _compare(ctx, {"eager": _train_step(model, batch), "sdpa": _train_step(cand.model, batch)}, budget_s)
-    attn.measured.update({"eager_s": times["eager"], "sdpa_s": times["sdpa"],
-                          "speedup": times["eager"] / max(times["sdpa"], 1e-12),
-                          "probe_s": time.perf_counter() - start})
+    before, after = names
+    times = _compare(ctx, {before: _train_step(model, batch),
+                           after: _train_step(cand.model, cand.prepare(batch))}, budget_s)
+    measured.update({f"{before}_s": times[before], f"{after}_s": times[after],
+                     "speedup": times[before] / max(times[after], 1e-12), "probe_s": time.perf_counter() - start})
 
 
 def conv_flop_share(model: nn.Module, batch: Any) -> float | None:
