@@ -470,6 +470,14 @@ class Advisor:
         except Exception:
             log.debug("perfcallbacks: could not sample the dataloader", exc_info=True)
 
+    def probe_deadline(self, stage_s: float | None, spent_s: float = 0.0) -> float:
+        """Seconds the probes after a stage may take: the guard budget's share of the stage's wall time,
+        less what the stage's fixes already spent measuring (one budget for all of our measuring)."""
+        from perfcallbacks.probes import PROBE_BUDGET_S
+
+        stage_s = PROBE_BUDGET_S if stage_s is None else stage_s
+        return max(0.05, min(PROBE_BUDGET_S, self.options.guard_budget * stage_s - spent_s))
+
     def probe_inference(self, model: nn.Module, batch: Any, *, sweep: bool = True,
                         deadline_s: float | None = None, per_call_s: float | None = None) -> list[Hint]:
         """Measure the model on a real inference batch (threads, int8, batch size), then run

@@ -123,3 +123,13 @@ def test_write_report_only_on_rank_zero(tmp_path):
     assert advisor.write_report() is None and not (tmp_path / "r.json").exists()
     advisor.is_rank_zero = True
     assert advisor.write_report() == tmp_path / "r.json"
+
+
+def test_probe_deadline_is_one_budget_with_the_fixes_measuring():
+    from perfcallbacks.probes import PROBE_BUDGET_S
+
+    advisor = Advisor(warn=False)  # guard_budget 10%
+    assert advisor.probe_deadline(10.0) == pytest.approx(1.0)
+    assert advisor.probe_deadline(10.0, spent_s=0.6) == pytest.approx(0.4)  # the guard spent most of it
+    assert advisor.probe_deadline(10.0, spent_s=5.0) == 0.05  # never negative: the floor
+    assert advisor.probe_deadline(1000.0) == PROBE_BUDGET_S  # capped

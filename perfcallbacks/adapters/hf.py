@@ -713,8 +713,10 @@ class HFPerfHints(TrainerCallback, ExportableState):
                 calls = max(1, advisor.context.inference.calls)
                 started = getattr(self, "_stage_started", None)
                 per_call = (time.perf_counter() - started) / calls if started and not in_training else None
+                stage_s = time.perf_counter() - started if started else None
+                spent = sum(r.cost_s or 0.0 for r in results)
                 advisor.probe_inference(model, self._inference_batch, sweep=not in_training,
-                                        deadline_s=self._probe_deadline(advisor), per_call_s=per_call)
+                                        deadline_s=advisor.probe_deadline(stage_s, spent), per_call_s=per_call)
         else:
             advisor.run_checks("inference")
         self._write_report(advisor)
@@ -723,13 +725,6 @@ class HFPerfHints(TrainerCallback, ExportableState):
                 output.emit_text(line, framework="hf")
         if not in_training:
             raise_requested(advisor)
-
-    def _probe_deadline(self, advisor: Advisor) -> float:
-        from perfcallbacks.probes import PROBE_BUDGET_S
-
-        started = getattr(self, "_stage_started", None)
-        elapsed = time.perf_counter() - started if started else PROBE_BUDGET_S
-        return max(0.05, min(PROBE_BUDGET_S, advisor.options.guard_budget * elapsed))
 
     # -- train end, save, log ------------------------------------------------------------------
     @_safe

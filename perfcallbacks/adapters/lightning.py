@@ -470,7 +470,8 @@ class PerfHintCallback(Callback):
             self._probed_module = weakref.ref(pl_module)
             elapsed = time.perf_counter() - (self._stage_started or time.perf_counter())
             calls = _stage_batches(trainer, stage) or 1
-            advisor.probe_inference(pl_module, example, deadline_s=self._probe_deadline(advisor),
+            spent = sum(r.cost_s or 0.0 for r in results)
+            advisor.probe_inference(pl_module, example, deadline_s=advisor.probe_deadline(elapsed, spent),
                                     per_call_s=elapsed / calls)
         else:
             advisor.run_checks("inference")
@@ -481,13 +482,6 @@ class PerfHintCallback(Callback):
                 for line in format_fixes(results):
                     output.emit_text(line, trainer=trainer, framework="lightning")
         raise_requested(advisor)
-
-    def _probe_deadline(self, advisor: Advisor) -> float:
-        """Probes after a stage cost the user's time: a share of the stage's own wall time (guard budget)."""
-        from perfcallbacks.probes import PROBE_BUDGET_S
-
-        elapsed = time.perf_counter() - (self._stage_started or time.perf_counter())
-        return max(0.05, min(PROBE_BUDGET_S, advisor.options.guard_budget * elapsed))
 
     def _fill_loop_call(self) -> None:
         """No forward pre-hook call seen (the step bypassed ``self(...)``): use the loop's own state."""
