@@ -44,6 +44,7 @@ SHAPE_CALLS = 64
 PROBE_JOB_SHARE = 0.05
 PROBE_MIN_BUDGET_S = 1.0
 PROBE_MIN_REPEATS = 2
+PROBE_MAX_REPEATS = 21  # ms-scale steps: more repeats, still inside the budget (single calls are noisy)
 # A model copy (channels_last / SDPA probes) only when the copy is this small (bytes) ...
 COPY_MAX_BYTES = 1 << 30
 # ... and, on CUDA, at most this share of the free memory.
@@ -387,7 +388,7 @@ def _repeats(ctx: RunContext, variants: int, budget_s: float) -> int:
     """Timed repeats per variant that fit the budget (one untimed warm-up run each, 2 to 7 repeats)."""
     step = ctx.median_step_s or 0.05
     affordable = int(budget_s / max(step * variants, 1e-6)) - 1
-    return max(PROBE_MIN_REPEATS, min(7, affordable))
+    return max(PROBE_MIN_REPEATS, min(PROBE_MAX_REPEATS, affordable))
 
 
 def _over_budget(ctx: RunContext, variants: int, budget_s: float) -> str | None:
@@ -421,68 +422,50 @@ def _padded(pad: int, fn: Callable[[], Any]) -> Any:
     return fn() if pad <= 0 else _padded(pad - 1, fn)
 
 
-def _at_user_depth(model: nn.Module, depth: int, measure: Callable[..., Any]) -> tuple[Any, int]:
-    """``measure(wrap)`` where ``wrap(fn)`` calls ``fn`` with the model's forward at the user's stack depth.
+class _StackPlan:
+    """Brings the probe's forward to the user's stack depth.
 
     Anomaly detection formats the whole Python stack for every op, so its cost grows with how deep the
-    forward runs: a probe run shallower than the training step would underestimate it, a deeper one
-    (a plain loop's forward is ~15 frames shallower than advisor -> checks -> probe) overestimate it.
-    Shallower: frames are added. Deeper: the probe runs in a fresh thread, whose stack starts near empty,
-    padded to the user's depth. Returns the value and the frames added (negative: still that much deeper).
+    forward runs: the probe must time it where the user's runs. The first (untimed, warm-up) call of any
+    variant learns where the probe's forward lands; later calls add frames up to the user's depth. A probe
+    already deeper than the user (a plain loop's forward is ~15 frames shallower than advisor -> checks ->
+    probe) cannot remove frames: it also times the mode that many frames deeper again and extrapolates the
+    linear per-frame cost back to the user's depth (:meth:`at_user_depth`).
     """
-    gap = _depth_gap(model, depth, measure)
-    if gap >= 0:
-        return measure(_pad_to(gap), calibrate=False), gap
 
-    def shallow() -> tuple[Any, int]:
-        inner = _depth_gap(model, depth, measure)
-        return measure(_pad_to(max(0, inner)), calibrate=False), inner
+    def __init__(self, model: nn.Module, user_depth: int) -> None:
+        self.model, self.user_depth = model, user_depth
+        self.natural: int | None = None
 
-    return _in_fresh_thread(shallow)
+    @property
+    def gap(self) -> int:
+        """Frames from the probe's forward to the user's (negative: the probe is deeper)."""
+        return 0 if self.natural is None or not self.user_depth else self.user_depth - self.natural
 
+    def variant(self, fn: Callable[[], Any], deeper: bool = False) -> Callable[[], Any]:
+        """``fn`` at the user's depth (``deeper``: plus the probe's excess depth once more)."""
+        def call() -> Any:
+            if deeper and self.gap >= 0:
+                return None  # the probe is not deeper than the user: nothing to extrapolate, nothing to time
+            if self.natural is None:
+                handle = self.model.register_forward_pre_hook(self._learn)
+                try:
+                    return _padded(0, fn)
+                finally:
+                    handle.remove()
+            return _padded(max(0, self.gap) + (max(0, -self.gap) if deeper else 0), fn)
 
-def _pad_to(frames: int) -> Callable[[Callable[[], Any]], Callable[[], Any]]:
-    return lambda fn: (lambda: _padded(frames, fn))
+        return call
 
+    def _learn(self, module: nn.Module, args: tuple) -> None:
+        if self.natural is None:
+            self.natural = stack_depth()
 
-def _depth_gap(model: nn.Module, depth: int, measure: Callable[..., Any]) -> int:
-    """Frames between where the probe's forward lands (one untimed call) and the user's forward."""
-    seen: list[int] = []
-    handle = model.register_forward_pre_hook(lambda m, a: seen.append(stack_depth()) if not seen else None)
-    try:
-        measure(_pad_to(0), calibrate=True)
-    finally:
-        handle.remove()
-    # + 1: this calibrating call runs one frame deeper (inside this function) than the caller's timed one.
-    return depth - seen[0] + 1 if (seen and depth) else 0
-
-
-def _in_fresh_thread(fn: Callable[[], Any]) -> Any:
-    """``fn()`` on a new thread with this thread's autocast state (grad mode is set by the probe itself;
-    anomaly detection and deterministic algorithms are process-wide)."""
-    import contextlib
-    import threading
-
-    cuda = sys.modules.get("torch.cuda")
-    devices = ["cpu"] + (["cuda"] if cuda is not None and cuda.is_initialized() else [])
-    autocast = [(d, torch.get_autocast_dtype(d)) for d in devices if torch.is_autocast_enabled(d)]
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            with contextlib.ExitStack() as stack:
-                for device, dtype in autocast:
-                    stack.enter_context(torch.autocast(device, dtype=dtype))
-                box["value"] = fn()
-        except BaseException as err:  # handed back to the caller's containment
-            box["error"] = err
-
-    thread = threading.Thread(target=target, name="perfcallbacks-probe", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
+    def at_user_depth(self, with_s: float, deeper_s: float | None, without_s: float) -> float:
+        """The mode's time at the user's depth: measured there, or extrapolated linearly from two depths."""
+        if self.gap >= 0 or deeper_s is None:
+            return with_s
+        return max(without_s, with_s - (deeper_s - with_s))  # one excess-depth step back up
 
 
 def _probe_debug(ctx: RunContext, model: nn.Module, batch: Any, budget_s: float, depth: int = 0) -> None:
@@ -508,22 +491,24 @@ def _probe_debug(ctx: RunContext, model: nn.Module, batch: Any, budget_s: float,
                 torch.use_deterministic_algorithms(True, warn_only=warn_only)
                 torch.backends.cudnn.deterministic = cudnn_det
 
-    over = _over_budget(ctx, 2, budget_s)
+    # Only anomaly detection's cost depends on the stack depth; a third variant extrapolates it (see _StackPlan).
+    variants = 3 if anomaly and depth else 2
+    over = _over_budget(ctx, variants, budget_s)
     if over:
         debug.measured = {"skipped": over}
         return
     start = time.perf_counter()
-
-    def measure(wrap: Callable[[Callable[[], None]], Callable[[], None]], calibrate: bool) -> dict[str, float]:
-        if calibrate:  # one untimed call: where the forward lands on the stack
-            wrap(with_mode)()
-            return {}
-        return _compare(ctx, {"with": wrap(with_mode), "without": wrap(without_mode)}, budget_s)
-
-    times, pad = _at_user_depth(model, depth, measure)
+    plan = _StackPlan(model, depth)
+    fns = {"with": plan.variant(with_mode), "without": plan.variant(without_mode)}
+    if variants == 3:
+        fns["with_deeper"] = plan.variant(with_mode, deeper=True)
+    times = _compare(ctx, fns, budget_s)
+    deeper = times.get("with_deeper") if plan.gap < 0 else None
     modes = [name for name, on in (("anomaly", anomaly), ("deterministic", deterministic)) if on]
-    debug.measured = {"modes": modes, "with_s": times["with"], "without_s": times["without"],
-                      "user_stack_depth": depth, "depth_difference": pad, "probe_s": time.perf_counter() - start}
+    debug.measured = {"modes": modes, "with_s": plan.at_user_depth(times["with"], deeper, times["without"]),
+                      "without_s": times["without"], "with_at_probe_depth_s": times["with"],
+                      "with_deeper_s": deeper, "user_stack_depth": depth, "depth_difference": plan.gap,
+                      "probe_s": time.perf_counter() - start}
 
 
 def _probe_channels_last(ctx: RunContext, model: nn.Module, batch: Any, budget_s: float) -> None:

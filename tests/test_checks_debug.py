@@ -156,23 +156,27 @@ def test_env_launch_blocking_read_from_environment():
 
 @pytest.mark.parametrize("offset", [+25, -20])
 def test_debug_probe_times_the_forward_at_the_users_stack_depth(offset):
-    # Anomaly detection's cost grows with the stack depth of the forward: the probe must time the forward
-    # where the user's runs, whether that is deeper (Lightning) or shallower (a plain loop) than the probe.
-    from perfcallbacks.facts import _at_user_depth, stack_depth
+    # Anomaly detection's cost grows with the stack depth of the forward: the probe times the forward where
+    # the user's runs when it can add frames (Lightning), and from two depths when it is deeper (a plain loop).
+    from perfcallbacks.facts import _StackPlan, stack_depth
+    from perfcallbacks.measure import compare_times
 
     model, x = torch.nn.Linear(4, 4), torch.randn(2, 4)
-    timed: list[int] = []
-    user_depth = stack_depth() + offset
-
-    def measure(wrap, calibrate):
-        depths: list[int] = []
-        handle = model.register_forward_pre_hook(lambda m, a: depths.append(stack_depth()))
-        try:
-            wrap(lambda: model(x))()
-        finally:
-            handle.remove()
-        if not calibrate:
-            timed.extend(depths)
-
-    _, gap = _at_user_depth(model, user_depth, measure)
-    assert timed == [user_depth] and gap >= 0
+    depths: list[int] = []
+    model.register_forward_pre_hook(lambda m, a: depths.append(stack_depth()))
+    plan = _StackPlan(model, user_depth=0)  # learns where a probe's forward lands (no frames added)
+    compare_times({"with": plan.variant(lambda: model(x))}, repeats=1, warmup=1)
+    natural = plan.natural
+    user = natural + offset
+    depths.clear()
+    plan = _StackPlan(model, user_depth=user)
+    compare_times({"with": plan.variant(lambda: model(x)), "with_deeper": plan.variant(lambda: model(x), deeper=True)},
+                  repeats=2, warmup=1)
+    assert plan.gap == offset
+    if offset > 0:
+        assert depths[1:] == [user] * 2  # after the learning call: exactly the user's depth; 'deeper' not run
+    else:
+        assert sorted(set(depths[1:])) == [natural, natural - offset]  # the probe's depth and once more deeper
+        # linear per-frame cost: 5 ms at the probe's depth, 7 ms 20 frames deeper -> 3 ms at the user's depth
+        assert plan.at_user_depth(0.005, 0.007, 0.001) == pytest.approx(0.003)
+        assert plan.at_user_depth(0.005, 0.011, 0.001) == 0.001  # never below the mode-off time

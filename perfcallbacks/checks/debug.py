@@ -98,11 +98,14 @@ def debug_mode_on(ctx: RunContext) -> Hint | None:
         evidence.update({"measured_modes": probed, "probe_with_ms": round(with_s * 1e3, 3),
                          "probe_without_ms": round(without_s * 1e3, 3), "extra_ms_per_step": round(extra * 1e3, 3)})
         if step:
-            share = extra / step
-            # The probe is forward + backward only; the rest of the step (loss, optimizer, the loop) is
-            # what the measured step holds beyond the probe's forward + backward with the mode on.
-            step_without = max(without_s, step - with_s + without_s)
-            impact = step / step_without
+            # The probe is forward + backward only; the rest of the step (loss, optimizer, the loop) is what
+            # the measured step holds beyond it. The step's own forward + backward cannot take longer than the
+            # step: a probe slower than the whole step (it ran deeper on the stack, where anomaly detection
+            # costs more) is scaled by its ratio instead of subtracted.
+            covered = min(with_s, step)
+            saved = covered * (1.0 - without_s / with_s) if with_s > 0 else 0.0
+            share = saved / step
+            impact = step / max(step - saved, 1e-12)
             evidence.update({"step_ms": round(step * 1e3, 3), "cost_share_of_step": round(share, 4),
                              "estimated_step_slowdown": round(impact, 3)})
         else:
