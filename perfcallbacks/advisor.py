@@ -484,11 +484,19 @@ class Advisor:
         the inference checks. Probes live in :mod:`perfcallbacks.probes`; a failing probe is
         recorded like a failing check. ``sweep=False`` leaves out the thread sweep and batch
         scaling (fit's own validation); ``deadline_s`` caps the probing time. When the deadline
-        cannot hold three of the job's calls (``per_call_s``), nothing is probed: a short job is
-        not made longer by measuring it."""
-        if deadline_s is not None and per_call_s is not None and deadline_s < 3 * per_call_s:
+        cannot hold :data:`~perfcallbacks.probes.MIN_PROBE_CALLS` of the job's calls (``per_call_s``),
+        or a call is slower than the probes allow, nothing is probed: a short job is not made longer
+        by measuring it."""
+        from perfcallbacks.probes import MAX_FORWARD_S, MIN_PROBE_CALLS
+
+        if per_call_s is not None and per_call_s > MAX_FORWARD_S:
             self.context.measurements["probes_skipped"] = {
-                "all": f"{deadline_s:.2f} s of probing budget < 3 calls of {per_call_s:.3f} s"}
+                "all": f"the job's calls take {per_call_s:.2f} s > {MAX_FORWARD_S} s: too slow to probe"}
+            return self.run_checks("inference")
+        if deadline_s is not None and per_call_s is not None and deadline_s < MIN_PROBE_CALLS * per_call_s:
+            # The forward probe alone would spend the budget and leave no room for a probe that tells anything.
+            self.context.measurements["probes_skipped"] = {
+                "all": f"{deadline_s:.2f} s of probing budget < {MIN_PROBE_CALLS} calls of {per_call_s:.3f} s"}
             return self.run_checks("inference")
         with self.timed():
             try:

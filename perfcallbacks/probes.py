@@ -56,6 +56,9 @@ Clock = Callable[[], float]
 # A forward slower than this gets no further probes: thread sweeps and batch
 # doubling would cost seconds of the user's time.
 MAX_FORWARD_S = 0.5
+# The fewest of the job's calls a probing budget must hold: the forward probe (a warm-up and 3 samples) and one
+# two-variant comparison (threads, int8, ...). A smaller budget would be spent on the forward probe alone.
+MIN_PROBE_CALLS = 12
 # Wall time all probes together may take (the default deadline).
 PROBE_BUDGET_S = 3.0
 # One sample is at least this much work: a tiny forward (~0.02 ms) is timed over
