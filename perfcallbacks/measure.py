@@ -214,6 +214,28 @@ def timed_forward(model: nn.Module, batch: Any) -> Callable[[], Any]:
     return run
 
 
+def forward_times(model: nn.Module, batches: Sequence[Any], *, sync: Callable[[], None] | None = None) -> list[float]:
+    """Seconds of one inference forward per batch, in order, each synchronised on the model's device
+    (``perfhints tune``'s corpus runs; the probes time repeated calls with :func:`timed_forward`).
+
+    Example::
+
+        >>> import torch
+        >>> len(forward_times(torch.nn.Linear(4, 2), [torch.randn(3, 4), torch.randn(5, 4)]))
+        2
+    """
+    wait = sync if sync is not None else (device_synchronizer(device_of(model)) or (lambda: None))
+    times = []
+    for batch in batches:
+        run = timed_forward(model, batch)
+        wait()
+        start = time.perf_counter()
+        run()
+        wait()
+        times.append(time.perf_counter() - start)
+    return times
+
+
 Synchronizer = Callable[[], None]
 
 

@@ -79,17 +79,9 @@ def make_batches(tok: Any, texts: list[str], batch_size: int, order: str, max_le
 
 
 def _run_batches(model: Any, batches: list[dict]) -> list[float]:
-    import torch
+    from perfcallbacks.measure import forward_times
 
-    from perfcallbacks.measure import call_model
-
-    times = []
-    with torch.inference_mode():
-        for b in batches:
-            t = time.perf_counter()
-            call_model(model, b)
-            times.append(time.perf_counter() - t)
-    return times
+    return forward_times(model, batches)  # synchronised on the model's device, as every timing here
 
 
 def _worker(model_dir: str, threads: int, texts: list[str], batch_size: int, duration_s: float,

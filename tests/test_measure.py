@@ -134,3 +134,15 @@ def test_bare_hidden_states_are_states_not_scores():
     assert output_kind(states, wrapper) == "states"
     assert output_kind(torch.randn(2, 5, 7), wrapper) == "scores"  # token logits over 7 labels
     assert output_kind(states) == "scores"  # without the model nothing says what it is
+
+
+def test_forward_times_synchronise_around_every_batch():
+    # perfhints tune times its corpus with this: on an accelerator an unsynchronised timer measures launches.
+    from perfcallbacks.measure import forward_times
+
+    events: list[str] = []
+    model = torch.nn.Linear(4, 2)
+    model.register_forward_pre_hook(lambda m, a: events.append("forward"))
+    times = forward_times(model, [torch.randn(3, 4)] * 3, sync=lambda: events.append("sync"))
+    assert len(times) == 3 and all(t >= 0 for t in times)
+    assert events == ["sync", "forward", "sync"] * 3
