@@ -576,9 +576,14 @@ class Advisor:
 
             ranks = TorchRankGroup.current()
             if ranks is None:
-                self.record_fix(FixResult("dynamic-quantization", "skipped", f"{self.context.world_size} processes "
-                                          "but no torch.distributed process group: rank zero's decision could "
-                                          "not be shared, so no rank measures"))
+                self._skip_fixes(stage, f"{self.context.world_size} processes but no torch.distributed process "
+                                 "group: rank zero's decision could not be shared, so no rank measures")
+                return None
+            if stage != "predict":
+                # A validation / test step often holds collectives (all_gather, a metric's sync): a shadow call
+                # would run them on rank zero alone and hang the group.
+                self._skip_fixes(stage, f"{stage} under {ranks.world_size} processes: only predict is guarded (a "
+                                 "shadow call of a step with collectives would run them on rank zero alone)")
                 return None
         with self.timed():
             from perfcallbacks.fixes.cache import DecisionCache
@@ -592,6 +597,13 @@ class Advisor:
                 guard.install()
             self._guards[stage] = guard
         return guard
+
+    def _skip_fixes(self, stage: str, reason: str) -> None:
+        from perfcallbacks.fixes.pipeline import FIXES
+
+        for spec in FIXES:
+            if stage in spec.stages:
+                self.record_fix(FixResult(spec.fix_id, "skipped", reason))
 
     def end_stage(self, stage: str) -> list[FixResult]:
         """The stage ends: conclude its fixes, hand their measurements to the checks, restore the settings."""

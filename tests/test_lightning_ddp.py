@@ -134,7 +134,7 @@ def test_ddp_subprocess_two_cpu_ranks(tmp_path):
 
 
 DDP_PREDICT_SCRIPT = """
-import json, sys
+import dataclasses, json, sys
 from pathlib import Path
 sys.path.insert(0, {tests_dir!r})
 import torch
@@ -143,7 +143,8 @@ import perfcallbacks.fixes.pipeline as pipeline
 from perfcallbacks import Advisor, DeviceProfile, PerfHintCallback
 from test_lightning import _SlowModule, _fast_copy_spec, loader
 
-pipeline.FIXES = (_fast_copy_spec(),)  # every rank runs this script: the same fake fix everywhere
+# every rank runs this script: the same fake fix everywhere
+pipeline.FIXES = (dataclasses.replace(_fast_copy_spec(), stages=("predict", "validate")),)
 Advisor.probe_inference = lambda self, model, batch, **kw: []
 
 
@@ -154,6 +155,11 @@ class PairModule(_SlowModule):
 
 
 class Recorder(PerfHintCallback):
+    def on_validation_end(self, trainer, pl_module):
+        super().on_validation_end(trainer, pl_module)
+        Path({out_dir!r}, f"validate{{trainer.global_rank}}.json").write_text(json.dumps(
+            {{"fixes": [[f.id, f.status, f.reason] for f in self.advisor.fixes], "model_calls": pl_module.calls}}))
+
     def on_predict_end(self, trainer, pl_module):
         super().on_predict_end(trainer, pl_module)
         fixes = [{{"id": f.id, "status": f.status, "reason": f.reason,
@@ -168,6 +174,8 @@ model.delay_s = 0.02
 trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_progress_bar=False,
                      enable_model_summary=False, default_root_dir={root!r},
                      callbacks=[Recorder(auto_apply=True, verbose=False, local=local, report_path={report!r})])
+trainer.validate(model, loader(n=2 * 20 * 16))  # 20 batches per rank: a step with collectives is not shadowed
+model.calls = 0
 pairs = trainer.predict(model, loader(n=2 * 39 * 16 + 1))  # 625 and 624 rows: ranks of 40 and 39 batches
 err = max(float((out - model.layer(x)).abs().max()) for x, out in pairs)
 rank = trainer.global_rank
@@ -183,9 +191,13 @@ def test_ddp_predict_rank_zero_decides_and_every_rank_applies(tmp_path):
     """Real DDP predict (2 CPU ranks, gloo, uneven shards): rank zero measures within the shorter rank's
     job, rank 1 follows its decision from the same call on, and both get the original's outputs."""
     out_dir, report, _ = _run_ddp_script(tmp_path, DDP_PREDICT_SCRIPT)
+    for r in (0, 1):
+        validate = json.loads((out_dir / f"validate{r}.json").read_text())
+        assert validate["model_calls"] == 20  # every validation batch ran once, on the user's module
+        assert ["fake-fast", "skipped"] == validate["fixes"][-1][:2] and "only predict" in validate["fixes"][-1][2]
     r0, r1 = (json.loads((out_dir / f"rank{r}.json").read_text()) for r in (0, 1))
     assert sorted([r0["batches"], r1["batches"]]) == [[39], [40]]
-    [f0], [f1] = r0["fixes"], r1["fixes"]
+    f0, f1 = r0["fixes"][-1], r1["fixes"][-1]  # the predict stage's decision (validate's skip came first)
     assert f0["status"] == "applied", f0["reason"]
     assert f1["status"] == "applied" and f1["reason"].startswith("decided on rank 0")
     # Rank 1 ran the user's model exactly while rank zero shadowed (same call index), then the copy.
