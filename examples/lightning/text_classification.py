@@ -46,6 +46,7 @@ from perfcallbacks import PerfHintCallback, Report  # noqa: E402
 NAIVE_MAX_LENGTH = 128  # the naive run pads every row to this (docstrings: median ~75 tokens)
 NAIVE_BATCH_SIZE = 12  # unaligned on purpose
 FIXED_BATCH_SIZE = 16
+PREDICT_PAIRS = 3  # alternated fp32 / auto_apply predict calls behind the wall-time line
 
 
 def minilm_dir() -> str:
@@ -173,15 +174,22 @@ def predict_with_fixes(model: TextClassifier, loader: DataLoader, out: Path) -> 
     of the job to support the claim. A short job is therefore run as is (and the report says why).
     """
     print("\n=== predict on the validation set: fp32, then PerfHintCallback(auto_apply=True) ===", flush=True)
-    trainer = trainer_for(out / "predict", 1, [], progress=False)
-    start = time.perf_counter()
-    ref = trainer.predict(model, loader)
-    fp32_s = time.perf_counter() - start
-    hints = PerfHintCallback(auto_apply=True, verbose=True)
-    trainer = trainer_for(out / "predict", 1, [hints], progress=False)
-    start = time.perf_counter()
-    new = trainer.predict(model, loader)
-    fixed_s = time.perf_counter() - start  # the whole call: the guard's own measuring included
+    # A one-second call varies by +-15% on a shared machine: three alternated pairs, medians. Each guarded call
+    # is a new callback (it decides again); the first prints its hints and fixes.
+    fp32_runs, fixed_runs, hints, ref, new = [], [], None, None, None
+    for pair in range(PREDICT_PAIRS):
+        trainer = trainer_for(out / "predict", 1, [], progress=False)
+        start = time.perf_counter()
+        ref = trainer.predict(model, loader)
+        fp32_runs.append(time.perf_counter() - start)
+        callback = PerfHintCallback(auto_apply=True, verbose=pair == 0)
+        trainer = trainer_for(out / "predict", 1, [callback], progress=False)
+        start = time.perf_counter()
+        out_pair = trainer.predict(model, loader)
+        fixed_runs.append(time.perf_counter() - start)  # the whole call: the guard's own measuring included
+        if hints is None:
+            hints, new = callback, out_pair
+    fp32_s, fixed_s = statistics.median(fp32_runs), statistics.median(fixed_runs)
     ref_pred = torch.cat([p for p, _ in ref])
     new_pred = torch.cat([p for p, _ in new])
     labels = torch.cat([y for _, y in ref])
@@ -190,8 +198,9 @@ def predict_with_fixes(model: TextClassifier, loader: DataLoader, out: Path) -> 
     print(f"{len(labels)} rows in {len(ref)} batches | accuracy fp32 {(ref_pred == labels).float().mean():.3f} | "
           f"with auto_apply {(new_pred == labels).float().mean():.3f} | prediction agreement "
           f"{(ref_pred == new_pred).float().mean():.3f}")
-    print(f"predict wall time: fp32 {fp32_s:.2f}s, with auto_apply {fixed_s:.2f}s "
-          f"({fixed_s / fp32_s:.2f}x the time; of it {guard_s:.2f}s measuring fixes)")
+    print(f"predict wall time (median of {PREDICT_PAIRS} alternated calls): fp32 {fp32_s:.2f}s, with auto_apply "
+          f"{fixed_s:.2f}s ({fixed_s / fp32_s:.2f}x the time; of it {guard_s:.2f}s measuring fixes, "
+          f"{report.overhead_s:.2f}s perfcallbacks in all)")
     print(f"the module is untouched after predict: {all(type(m).__name__ != 'Int8DynamicLinear' for m in model.modules())}")
     print(f"report: {hints.report_written}")
     return report

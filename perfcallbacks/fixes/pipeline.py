@@ -324,22 +324,29 @@ FIXES: tuple[FixSpec, ...] = (
 _MEMO: dict[str, dict[str, Any]] = {}
 
 
-def _key_parts(owner: nn.Module, spec: FixSpec, profile: Any, batch: Any) -> tuple[str, str] | None:
-    """``(decision key, weights fingerprint)``, or ``None`` when the cache module is unavailable."""
+def _key_parts(owner: nn.Module, spec: FixSpec, profile: Any, batch: Any,
+               owner_facts: dict[str, Any] | None = None) -> tuple[str, str] | None:
+    """``(decision key, weights fingerprint)``, or ``None`` when the cache module is unavailable.
+
+    ``owner_facts`` keeps the owner's signature, dtype and weights fingerprint between the fixes of one
+    stage (weights do not change inside a stage; each costs a walk over the model's tensors)."""
     try:
         from perfcallbacks.context import dominant_param_dtype
         from perfcallbacks.fixes.cache import decision_key, model_signature, shape_bucket, weights_fingerprint
         from perfcallbacks.observe import batch_stats
 
+        facts = owner_facts if owner_facts is not None else {}
+        if not facts:
+            facts.update(signature=model_signature(owner), dtype=dominant_param_dtype(owner),
+                         weights=weights_fingerprint(owner))
         stats = batch_stats(batch)
         device = profile.to_dict() if hasattr(profile, "to_dict") else str(profile)
         device = {k: device.get(k) for k in ("kind", "name", "count", "capability", "isa")} if isinstance(device, dict) \
             else device
-        key = decision_key(fix_id=spec.fix_id, model_signature=model_signature(owner),
-                           dtype=dominant_param_dtype(owner), device=device, torch_version=torch.__version__,
-                           threads=torch.get_num_threads(),
+        key = decision_key(fix_id=spec.fix_id, model_signature=facts["signature"], dtype=facts["dtype"],
+                           device=device, torch_version=torch.__version__, threads=torch.get_num_threads(),
                            bucket=shape_bucket(stats.batch_size if stats else None, stats.seq_len if stats else None))
-        return key, weights_fingerprint(owner)
+        return key, facts["weights"]
     except Exception:  # no key: measure as if cold
         log.debug("perfcallbacks: no decision key", exc_info=True)
         return None
@@ -442,6 +449,7 @@ class GuardedCalls:
         self._installed = False
         self.specs = self._applicable([s for s in (FIXES if specs is None else specs) if stage in s.stages])
         self.pending = list(self.specs)
+        self._owner_facts: dict[str, Any] = {}  # the owner's key parts, computed once per stage
         self.ranks = ranks
         self._share_until: int | None = None  # last call of the window in which rank zero's decision is shared
         if ranks is not None:
@@ -561,7 +569,7 @@ class GuardedCalls:
         start = self.clock()
         try:
             batch = self.batch_of(args, kwargs)
-            parts = _key_parts(self.owner, spec, self.profile, batch)
+            parts = _key_parts(self.owner, spec, self.profile, batch, self._owner_facts)
             key, weights = parts if parts else (None, None)
             memo = _MEMO.get(key) if key else None
             cand = memo.get("candidate") if memo and memo.get("weights") == weights else None
@@ -681,7 +689,7 @@ class GuardedCalls:
 
     def _begin(self, spec: FixSpec, batch: Any, args: tuple, kwargs: dict, ref_out: Any, ref_s: float) -> None:
         remaining = self._remaining_calls()
-        parts = _key_parts(self.owner, spec, self.profile, batch)
+        parts = _key_parts(self.owner, spec, self.profile, batch, self._owner_facts)
         key, weights = parts if parts else (None, None)
         reused = _MEMO.get(key) if key else None
         source = "this process"
@@ -750,7 +758,7 @@ class GuardedCalls:
             for spec in list(self.pending):
                 if self.active is not None and self.active.fix_id in spec.exclusive_with:
                     break
-                parts = _key_parts(self.owner, spec, self.profile, batch)
+                parts = _key_parts(self.owner, spec, self.profile, batch, self._owner_facts)
                 if not parts:
                     break
                 key, weights = parts
