@@ -358,6 +358,7 @@ class Advisor:
             log.debug("perfcallbacks: could not capture process facts", exc_info=True)
         if phase == "warmup":
             self._sync_timings()
+
         def unreadable(part: str, err: Exception) -> None:  # that fact stays unknown; the others are read
             log.debug("perfcallbacks: could not read the %s facts", part, exc_info=err)
             self.check_failures.append({"check": f"perfcallbacks.run_facts.{part}", "phase": phase,

@@ -20,7 +20,6 @@ pl = pytest.importorskip("lightning.pytorch")
 
 from perfcallbacks import DeviceProfile, PerfHintCallback, PerfHintWarning, Report  # noqa: E402
 from perfcallbacks.adapters import lightning as lightning_adapter  # noqa: E402
-from perfcallbacks.report import FixResult  # noqa: E402
 
 
 class TinyModule(pl.LightningModule):

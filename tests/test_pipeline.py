@@ -378,3 +378,19 @@ def test_a_rank_without_a_job_length_means_no_rank_measures():
     assert model.calls == 5 and ranks.sent == []
     [result] = results
     assert result.status == "skipped" and "does not know its job's length" in result.reason
+
+
+def test_a_broken_rank_group_never_fails_the_users_calls():
+    class Broken(ScriptedRanks):
+        def gather(self, obj):
+            raise RuntimeError("connection reset by peer")
+
+    model, results = Slow(delay_s=0.0), []
+    guard = GuardedCalls(model, "__call__", stage="predict", profile=DeviceProfile.detect(), expected_calls=40,
+                         record=results.append, cache=None, specs=[spec()], original=model,
+                         ranks=Broken(0, [40, 40]))
+    outs = run_job(guard, batches(3))
+    guard.finish()
+    assert len(outs) == 3 and model.calls == 3
+    [result] = results
+    assert result.status == "skipped" and "could not agree on a trial window" in result.reason

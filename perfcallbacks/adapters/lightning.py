@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import math
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -465,8 +466,6 @@ class PerfHintCallback(Callback):
         # pay the same measurements again for the same answer.
         probed = self._probed_module is not None and self._probed_module() is pl_module
         if example is not None and not probed:
-            import weakref
-
             self._probed_module = weakref.ref(pl_module)
             elapsed = time.perf_counter() - (self._stage_started or time.perf_counter())
             calls = _stage_batches(trainer, stage) or 1

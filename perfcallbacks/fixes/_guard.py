@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from perfcallbacks.model_facts import model_device  # noqa: F401 (the fixes import it from here)

@@ -457,7 +457,12 @@ class GuardedCalls:
 
     def _plan_sharing(self, ranks: RankGroup) -> None:
         """Collective: the window is the shortest rank's job; only rank zero measures."""
-        window = shortest_job(ranks, self.expected_calls)
+        try:
+            window = shortest_job(ranks, self.expected_calls)
+        except Exception:  # principle 1: a broken group means no sharing, never an error in the user's stage
+            log.debug("perfcallbacks: could not plan the shared decision", exc_info=True)
+            self._conclude_all("skipped", "the ranks could not agree on a trial window: no rank measures")
+            return
         if not window:
             self._conclude_all("skipped", f"a rank of {ranks.world_size} does not know its job's length (a loader "
                                "without len): the decision could not be shared, so no rank measures")
@@ -532,7 +537,11 @@ class GuardedCalls:
         assert ranks is not None and self._share_until is not None
         payload: dict[str, Any] | None = None
         if ranks.rank == 0:
-            payload = self._decision_payload()
+            try:
+                payload = self._decision_payload()
+            except Exception:  # principle 1: the other ranks still get an answer (keep the user's model)
+                log.debug("perfcallbacks: could not state the fix decision", exc_info=True)
+                payload = {"final": True, "active": None}
         try:
             payload = ranks.broadcast(payload)
         except Exception:  # a broken group: stop sharing; this rank keeps what it runs now
@@ -714,8 +723,8 @@ class GuardedCalls:
         allowed = self.guard_budget * job_s - self.cost_s
         if needed > remaining + 1 or estimate > allowed:
             why = (f"{remaining} more call(s) x {per_call:.3f} s = {per_call * remaining:.2f} s left of a "
-                   f"~{job_s:.2f} s job (estimated from its first call); measuring would cost ~{estimate:.2f} s ({needed} shadow calls), more than "
-                   f"{self.guard_budget:.0%} of the job")
+                   f"~{job_s:.2f} s job (estimated from its first call); measuring would cost ~{estimate:.2f} s "
+                   f"({needed} shadow calls), more than {self.guard_budget:.0%} of the job")
             if needed > remaining + 1:
                 why = (f"the job is too short to support the fidelity claim: {needed} calls needed, "
                        f"{remaining + 1} available ({why})")
