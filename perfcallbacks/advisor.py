@@ -356,7 +356,7 @@ class Advisor:
             capture_process_facts(ctx, ctx.model)
         except Exception:  # principle 1
             log.debug("perfcallbacks: could not capture process facts", exc_info=True)
-        if phase == "warmup":
+        if phase == "warmup" or self.timer.step_times:  # a fit's validation may come before the warm-up ends
             self._sync_timings()
 
         def unreadable(part: str, err: Exception) -> None:  # that fact stays unknown; the others are read

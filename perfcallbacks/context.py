@@ -128,6 +128,27 @@ class BatchStats:
 
 
 @dataclass
+class ValidationLoaderTiming:
+    """A fit's validation loader and how long each validation run waited for its first batch.
+
+    ``first_waits``: the last training step's end to the first validation batch (the loader's
+    iterator, and so its workers, start in between); ``steady_waits``: one validation batch's end to
+    the next one's start; ``batch_times``: one validation batch's step. ``runs_per_epoch`` counts the
+    validation runs a training epoch triggers (``0.5`` for every other epoch); ``runs_total`` those of
+    the whole fit, when the fit's length is known.
+    """
+
+    loader: LoaderInfo | None = None
+    first_waits: list[float] = field(default_factory=list)
+    steady_waits: list[float] = field(default_factory=list)
+    batch_times: list[float] = field(default_factory=list)
+    batches_per_run: int | None = None
+    runs_per_epoch: float | None = None
+    runs_total: int | None = None
+    runs_seen: int = 1
+
+
+@dataclass
 class InferenceInfo:
     """How inference forwards ran (validate / test / predict)."""
 
@@ -313,6 +334,7 @@ class RunContext:
     step_times: list[float] = field(default_factory=list)  # seconds, first (warm-up) step excluded
     data_wait_times: list[float] = field(default_factory=list)
     epoch_first_waits: list[float] = field(default_factory=list)  # epoch start -> first batch, seconds
+    validation: ValidationLoaderTiming | None = None  # the fit's validation loader (workers-restart)
     inference: InferenceInfo = field(default_factory=InferenceInfo)
     # Raw collection channels (adapters / probes write them); checks read their typed form in ``facts``.
     settings: dict[str, Any] = field(default_factory=dict)  # framework-specific (HF args, collator, ...)

@@ -158,7 +158,7 @@ FIXTURES: dict[str, HintFixture] = {
                                   {"h2d_copy_share": 0.2, "pin_memory": False}),
     "workers-restart": HintFixture("warmup", lambda: ctx(loader=LoaderInfo(num_workers=2), **_RESTARTS),
                                    lambda: ctx(loader=LoaderInfo(num_workers=2, persistent_workers=True), **_RESTARTS),
-                                   {"num_workers": 2, "epochs": 3, "restarts_to_come": 2}),
+                                   {"loader": "train", "num_workers": 2, "epochs": 3, "restarts_to_come": 2}),
     # -- inference --
     "grad-in-inference": HintFixture("inference", lambda: ctx(inference=InferenceInfo(calls=4, grad_enabled_calls=4),
                                                               measured=Measurements(grad_overhead=1.3)),

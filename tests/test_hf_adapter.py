@@ -304,6 +304,18 @@ def test_repeated_predict_inputs_fire_repeated_inputs(tmp_path, tokenizer):
     assert cb.report.hint("repeated-inputs").phase == "inference"
 
 
+def test_evaluating_the_same_eval_set_every_epoch_is_not_repeated_inputs(tmp_path, tokenizer):
+    # Each evaluation of train() runs the eval set on new weights: nothing to cache. It failed before the
+    # router stopped observing after train()'s first evaluation (repeated-inputs at 50% from the second one).
+    cb = HFPerfHints(verbose=False, warmup_steps=2)
+    trainer = make_trainer(tmp_path, tokenizer, cb, max_steps=-1, num_train_epochs=3,
+                           dataset=TextDataset(tokenizer, n=16), eval_dataset=TextDataset(tokenizer, n=16),
+                           eval_strategy="epoch")
+    train_quietly(trainer)
+    assert cb.advisor.context.inference.calls == 2  # the first evaluation's two batches, no more
+    assert "repeated-inputs" not in cb.report.hint_ids
+
+
 # -- logs, ranks, robustness ------------------------------------------------------------------------------
 class LogRecorder(TrainerCallback):
     def __init__(self) -> None:

@@ -35,6 +35,7 @@ from torch import nn
 
 from perfcallbacks.adapters._optional import require
 from perfcallbacks.adapters.facts import hf_run_facts, observe_gradients
+from perfcallbacks.adapters.validation_watch import ValidationWatch, hf_validation_schedule
 from perfcallbacks.adapters.common import (
     default_report_path,
     find_pad_token_id,
@@ -42,7 +43,7 @@ from perfcallbacks.adapters.common import (
     is_deliberate,
     raise_requested,
 )
-from perfcallbacks.context import qualified_name
+from perfcallbacks.context import LoaderInfo, qualified_name
 
 transformers = require("transformers", "hf", "transformers")
 from transformers import TrainerCallback  # noqa: E402
@@ -246,7 +247,12 @@ class _ForwardRouter:
                 advisor.observe_batch(batch)
                 if owner._train_batch is None and owner.auto_apply:
                     owner._train_batch = snapshot_batch(batch)
-            elif self.inference_calls < INFERENCE_BATCHES_OBSERVED:
+            elif self.inference_calls < INFERENCE_BATCHES_OBSERVED and not (owner._in_train and owner._train_eval_seen):
+                watch = owner._val_watch
+                if owner._in_train and (watch.waiting or watch.timing_batches):
+                    if watch.waiting:  # train()'s first evaluation: its loader started since the last step
+                        watch.begin(sync=advisor.timer.sync, now=start)
+                    watch.batch_start(now=start)
                 if self.inference_calls == 0 and getattr(owner, "_stage_started", None) is None:
                     owner._stage_started = start  # the first evaluate/predict forward: the probes' budget base
                 self.inference_calls += 1
@@ -396,6 +402,10 @@ class HFPerfHints(TrainerCallback, ExportableState):
         self._probed = False
         self._measuring = False  # our own probes / fixes run the model: do not observe those forwards
         self._train_begun = False
+        self._in_train = False
+        # train()'s later evaluations run the same eval set on new weights: never counted as repeated inputs.
+        self._train_eval_seen = False
+        self._val_watch = ValidationWatch()  # train()'s first evaluation: its loader's start-up (workers-restart)
         self._quiet = False  # warm-up over: step hooks return at once
         self._report_file: Path | None = None
         self._quantized: nn.Module | None = None
@@ -558,6 +568,8 @@ class HFPerfHints(TrainerCallback, ExportableState):
             log.debug("perfcallbacks: could not collect HF run facts", exc_info=True)
         advisor.run_checks("setup")
         self._in_train = True
+        self._val_watch = ValidationWatch()  # each train() call: its own first evaluation
+        self._train_eval_seen = False
         if self.warmup_steps == 0:
             self._finish_warmup(advisor, quiet=True)
         # Training limit: warm-up optimizer steps x micro-batches per step.
@@ -604,6 +616,8 @@ class HFPerfHints(TrainerCallback, ExportableState):
 
     @_safe
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._val_watch.waiting and self._in_train:  # until the first evaluation: one clock read per step
+            self._val_watch.train_step_ended()
         if self._quiet or self._advisor is None:
             return
         self._advisor.step_end()
@@ -671,11 +685,15 @@ class HFPerfHints(TrainerCallback, ExportableState):
 
     @_safe
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._val_watch.waiting and self._in_train:
+            self._val_watch.train_step_ended()  # an epoch-strategy evaluation starts after this
         self._drop_gap()
 
     # -- evaluate / predict --------------------------------------------------------------------
     @_safe
     def on_prediction_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self._val_watch.timing_batches:
+            self._val_watch.batch_end()
         if self._router is not None and self._router.attached:
             return
         if self._advisor is not None and self._advisor.context.inference.calls >= INFERENCE_BATCHES_OBSERVED:
@@ -705,7 +723,11 @@ class HFPerfHints(TrainerCallback, ExportableState):
             self._quantized = active.model if active is not None and active.fix_id == "dynamic-quantization" else None
         advisor.context.inference.stage = stage
         model = self._model
-        in_training = bool(getattr(self, "_in_train", False))
+        in_training = self._in_train
+        if in_training and stage == "validate":
+            self._train_eval_seen = True
+            if self._val_watch.measuring:
+                self._record_validation(advisor, args, state, kwargs)
         if not self._probed and self._inference_batch is not None and model is not None and advisor.is_rank_zero:
             self._probed = True
             with self._measuring_model():
@@ -725,6 +747,19 @@ class HFPerfHints(TrainerCallback, ExportableState):
                 output.emit_text(line, framework="hf")
         if not in_training:
             raise_requested(advisor)
+
+    def _record_validation(self, advisor: Advisor, args: Any, state: Any, kwargs: dict[str, Any]) -> None:
+        """train()'s first evaluation: its loader's settings, start-up wait and schedule (workers-restart)."""
+        loader = kwargs.get("eval_dataloader")
+        try:
+            batches = len(loader) if loader is not None else None
+        except TypeError:
+            batches = None
+        per_epoch, total = hf_validation_schedule(args, state, advisor.context.batches_per_epoch)
+        timing = self._val_watch.timing(LoaderInfo.from_loader(loader), batches_per_run=batches,
+                                        runs_per_epoch=per_epoch, runs_total=total)
+        if timing is not None:
+            advisor.context.validation = timing
 
     # -- train end, save, log ------------------------------------------------------------------
     @_safe

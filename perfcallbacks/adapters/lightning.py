@@ -38,10 +38,13 @@ from perfcallbacks.adapters.common import (  # noqa: E402
     safe_hook,
 )
 from perfcallbacks.adapters.facts import lightning_run_facts, observe_gradients  # noqa: E402
+from perfcallbacks.adapters.validation_watch import (  # noqa: E402
+    ValidationWatch, first_loader, lightning_validation_schedule)
 from perfcallbacks.advisor import INFERENCE_BATCHES_OBSERVED, Advisor  # noqa: E402
 from perfcallbacks.hints import user_code_location  # noqa: E402
 from perfcallbacks.measure import device_synchronizer  # noqa: E402
 from perfcallbacks.options import Options, enabled_by_env  # noqa: E402
+from perfcallbacks.context import LoaderInfo  # noqa: E402
 from perfcallbacks.device import DeviceProfile  # noqa: E402
 from perfcallbacks.report import FixResult  # noqa: E402
 from perfcallbacks import output  # noqa: E402
@@ -133,6 +136,8 @@ class PerfHintCallback(Callback):
         self._stage: str | None = None  # validate / test / predict / fit-validate while one runs
         self._inference_stage: str | None = None  # set while that stage's batches are still observed
         self._fit_val_seen = False
+        self._val_watch = ValidationWatch()  # the fit's first validation: its loader's start-up
+        self._watch_val = False  # the training hot path stamps step ends only while this is set
         self._train_ended = False  # on_train_end ran in this fit (Lightning skips it when nothing trains)
         self._examples = ExampleBatch()
         self._probed_module: Any = None  # weakref to the module whose inference was probed (once per module)
@@ -149,7 +154,8 @@ class PerfHintCallback(Callback):
         if advisor is not None:
             state["_pending_state"] = advisor.state_dict()
         for key in ("_observing", "_stage", "_inference_stage", "_fit_val_seen", "_train_ended", "_examples",
-                    "_stage_started", "_log_dir", "_table_signature", "_call_hook", "_loop_call", "_probed_module"):
+                    "_stage_started", "_log_dir", "_table_signature", "_call_hook", "_loop_call", "_probed_module",
+                    "_val_watch", "_watch_val"):
             state.pop(key, None)
         return state
 
@@ -208,6 +214,7 @@ class PerfHintCallback(Callback):
         self._log_dir = None if self.report_path is not None else _log_dir(trainer)
         if stage == "fit":
             self._fit_val_seen = False
+            self._val_watch = ValidationWatch()
             self._train_ended = False
 
     def _collect_context(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Advisor:
@@ -250,6 +257,7 @@ class PerfHintCallback(Callback):
         except Exception:
             log.debug("perfcallbacks: could not collect Lightning run facts", exc_info=True)
         advisor.run_checks("setup")
+        self._watch_val = not self._fit_val_seen
         self._observing = not advisor.warmup_done
         if self._observing and self.warmup_steps == 0:
             self._finish_warmup(trainer)
@@ -278,6 +286,8 @@ class PerfHintCallback(Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        if self._watch_val:  # until the fit's first validation: one clock read per step
+            self._val_watch.train_step_ended()
         if self._observing:
             self._step_end(trainer)
 
@@ -395,6 +405,9 @@ class PerfHintCallback(Callback):
             if trainer.sanity_checking or self._fit_val_seen:
                 return
             self._fit_val_seen = True
+            self._watch_val = False
+            # Before our own work: its time is taken out of the loader's wait.
+            self._val_watch.begin(sync=self._advisor.timer.sync if self._advisor is not None else None)
             stage = "fit-validate"  # observed, checked, but no probes/fixes inside fit (keeps fit cheap)
         advisor = self._collect_context(trainer, pl_module)
         if stage != "fit-validate":
@@ -405,6 +418,8 @@ class PerfHintCallback(Callback):
         self._stage = self._inference_stage = stage
         self._stage_started = time.perf_counter()
         self._attach_call_observer(pl_module)
+        if stage == "fit-validate":
+            self._val_watch.own_work_done()
         if self.auto_apply and stage != "fit-validate":
             advisor.guard_inference(pl_module, _STEP_METHOD[stage], stage=stage,
                                     expected_calls=_stage_batches(trainer, stage))
@@ -450,6 +465,7 @@ class PerfHintCallback(Callback):
                 self._fill_loop_call()
                 if self._advisor is not None:
                     self._advisor.end_stage("fit-validate")
+                    self._record_validation(trainer)
                     self._advisor.run_checks("inference")  # no probes inside fit: they would cost its time
             if self._observing and self._advisor is not None:
                 self._advisor.timer.reset_gap()  # validation time is not data wait
@@ -482,6 +498,19 @@ class PerfHintCallback(Callback):
                     output.emit_text(line, trainer=trainer, framework="lightning")
         raise_requested(advisor)
 
+    def _record_validation(self, trainer: pl.Trainer) -> None:
+        """The fit's first validation run: its loader's settings, start-up wait and schedule (workers-restart)."""
+        advisor = self._advisor
+        assert advisor is not None
+        try:
+            loader = LoaderInfo.from_loader(first_loader(trainer.val_dataloaders))
+            per_epoch, total = lightning_validation_schedule(trainer, advisor.context.epochs)
+        except Exception:
+            log.debug("perfcallbacks: could not read the validation loader", exc_info=True)
+            loader, per_epoch, total = None, None, None
+        advisor.context.validation = self._val_watch.timing(
+            loader, batches_per_run=_stage_batches(trainer, "validate"), runs_per_epoch=per_epoch, runs_total=total)
+
     def _fill_loop_call(self) -> None:
         """No forward pre-hook call seen (the step bypassed ``self(...)``): use the loop's own state."""
         advisor = self._advisor
@@ -497,8 +526,15 @@ class PerfHintCallback(Callback):
 
     def on_validation_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                                   batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._val_watch.timing_batches:
+            self._val_watch.batch_start()
         if self._inference_stage is not None:
             self._safe_stage_batch(trainer, pl_module, batch)
+
+    def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        if self._val_watch.timing_batches:
+            self._val_watch.batch_end()
 
     @safe_hook
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -1,4 +1,4 @@
-"""Data checks: ``dataloader-bottleneck`` and ``pin-memory-off``, both on measured time.
+"""Data checks: ``dataloader-bottleneck``, ``pin-memory-off`` and ``workers-restart``, all on measured time.
 
 ``dataloader-bottleneck`` fires on the measured wait for the next batch
 (``ctx.data_wait_times``) against the step time (``ctx.step_times``), never on
@@ -15,7 +15,7 @@ import math
 import statistics
 
 from perfcallbacks.checks.registry import check, fix_text
-from perfcallbacks.context import RunContext
+from perfcallbacks.context import LoaderInfo, RunContext
 from perfcallbacks.hints import Hint, HintSpec
 
 # Waiting for data longer than 20% of the step time (DESIGN default).
@@ -151,46 +151,102 @@ STARTUP_EPOCH_SHARE = 0.05
 WORKERS_RESTART = HintSpec(
     id="workers-restart", category="data", severity="warning",
     title="Loader workers are started again every epoch",
-    what="Fires when a DataLoader with num_workers > 0 and persistent_workers=False spends a real share of the epoch (default > 5%) starting its workers: the wait for the first batch of an epoch, minus the steady-state wait, times the epochs to come.",
+    what="Fires when a DataLoader with num_workers > 0 and persistent_workers=False spends a real share of the epoch (default > 5%) starting its workers: the wait for the first batch of an epoch (training loader, at the end of the warm-up) or of a validation run inside the fit (validation loader, after the fit's first validation), minus the steady-state wait, times the restarts to come.",
     why="Without persistent_workers every epoch (and every validation run) forks the workers again and re-imports the dataset in each: users report minutes of start-up per epoch and +25% wall time.",
-    fix="Lightning / plain PyTorch: DataLoader(..., num_workers=N, persistent_workers=True); HF: TrainingArguments(dataloader_persistent_workers=True).",
-    evidence=("num_workers", "persistent_workers", "first_batch_wait_s", "steady_wait_ms", "startup_s_per_epoch", "epoch_s_estimate", "startup_share_of_epoch", "epochs", "batches_per_epoch", "restarts_to_come", "seconds_saved_estimate"),
+    fix="Lightning / plain PyTorch: DataLoader(..., num_workers=N, persistent_workers=True) for the train and val loaders; HF: TrainingArguments(dataloader_persistent_workers=True).",
+    evidence=("loader", "num_workers", "persistent_workers", "first_batch_wait_s", "steady_wait_ms", "startup_s_per_epoch", "epoch_s_estimate", "startup_share_of_epoch", "epochs", "batches_per_epoch", "restarts_to_come", "seconds_saved_estimate"),
 )
 
 
-@check(WORKERS_RESTART, phases=("warmup",))
+def _restarting(loader: LoaderInfo | None) -> bool:
+    return loader is not None and loader.num_workers > 0 and not loader.persistent_workers
+
+
+def _workers(loader: LoaderInfo) -> str:
+    return f"{loader.num_workers} worker{'s' if loader.num_workers != 1 else ''}"
+
+
+def _train_epoch_s(ctx: RunContext) -> float | None:
+    """Seconds of one training epoch's steps (compute + steady data wait), from the warm-up's timed steps."""
+    if not ctx.batches_per_epoch or len(ctx.step_times) < MIN_STEPS:
+        return None
+    wait = statistics.fmean(ctx.data_wait_times) if ctx.data_wait_times else 0.0
+    return ctx.batches_per_epoch * (statistics.fmean(ctx.step_times) + wait)
+
+
+@check(WORKERS_RESTART, phases=("warmup", "inference"))
 def workers_restart(ctx: RunContext) -> Hint | None:
+    """The training loader at the end of the warm-up; the validation loader after the fit's first validation."""
+    return _train_restart(ctx) if ctx.phase == "warmup" else _validation_restart(ctx)
+
+
+def _train_restart(ctx: RunContext) -> Hint | None:
     loader = ctx.loader
-    if loader is None or loader.num_workers <= 0 or loader.persistent_workers or not ctx.epoch_first_waits:
+    if not _restarting(loader) or not ctx.epoch_first_waits:
         return None
     epochs, batches = ctx.epochs, ctx.batches_per_epoch
-    if not epochs or epochs < 2 or not batches or len(ctx.step_times) < MIN_STEPS:
+    steps_s = _train_epoch_s(ctx)
+    if not epochs or epochs < 2 or steps_s is None:
         return None  # one epoch starts its workers once: nothing is re-created
     steady = statistics.median(ctx.data_wait_times) if ctx.data_wait_times else 0.0
-    first = statistics.median(ctx.epoch_first_waits)
-    startup = first - steady
-    if startup < MIN_STARTUP_S:
+    startup = statistics.median(ctx.epoch_first_waits) - steady
+    return _restart_hint(ctx, loader, "train", startup, steady, ctx.epoch_first_waits,
+                         epoch_s=steps_s + startup, restarts=epochs - 1,
+                         text=f"The training loader's {_workers(loader)} start again every epoch: "
+                              f"{startup:.2f} s of start-up before each epoch's first batch")
+
+
+def _validation_restart(ctx: RunContext) -> Hint | None:
+    timing = ctx.validation
+    if timing is None or not _restarting(timing.loader) or not timing.first_waits or not timing.batches_per_run:
         return None
-    per_batch = statistics.fmean(ctx.step_times) + (statistics.fmean(ctx.data_wait_times)
-                                                    if ctx.data_wait_times else 0.0)
-    epoch_s = batches * per_batch + startup
+    if not timing.runs_per_epoch or timing.runs_total is None or timing.runs_total <= timing.runs_seen:
+        return None  # no validation left in this fit: no restart to save
+    train_s = _train_epoch_s(ctx)
+    if train_s is None:
+        return None  # no training epoch to measure the share against
+    steady = statistics.median(timing.steady_waits) if timing.steady_waits else 0.0
+    startup = statistics.median(timing.first_waits) - steady
+    per_batch = (statistics.fmean(timing.batch_times) if timing.batch_times else 0.0) + steady
+    run_s = timing.batches_per_run * per_batch + startup
+    loader = timing.loader
+    runs = timing.runs_per_epoch
+    every = "every validation run" if runs >= 1 else f"each validation (every {round(1 / runs)} epochs)"
+    hint = _restart_hint(ctx, loader, "val", startup * runs, steady, timing.first_waits,
+                         epoch_s=train_s + runs * run_s, restarts=timing.runs_total - timing.runs_seen,
+                         saved_per_restart=startup,
+                         text=f"The validation loader's {_workers(loader)} start again at {every}: "
+                              f"{startup:.2f} s of start-up before its first batch")
+    if hint is not None:
+        hint.evidence.update({"val_batches_per_run": timing.batches_per_run,
+                              "validation_runs_per_epoch": round(runs, 4), "validation_runs_total": timing.runs_total})
+    return hint
+
+
+def _restart_hint(ctx: RunContext, loader: LoaderInfo, which: str, startup: float, steady: float,
+                  first_waits: list[float], *, epoch_s: float, restarts: int, text: str,
+                  saved_per_restart: float | None = None) -> Hint | None:
+    """The hint, when ``startup`` (seconds per epoch) is above noise and a real share of ``epoch_s``."""
+    if startup < MIN_STARTUP_S or restarts < 1:
+        return None
     share = startup / epoch_s
     if share < STARTUP_EPOCH_SHARE:
         return None
-    restarts = epochs - 1
+    saved = (startup if saved_per_restart is None else saved_per_restart) * restarts
+    name = "train and val loaders" if which == "train" else "val loader"
     fix = fix_text(ctx, lightning=f"DataLoader(..., num_workers={loader.num_workers}, persistent_workers=True) "
-                                  f"(train and val loaders)",
+                                  f"({name})",
                    hf="TrainingArguments(dataloader_persistent_workers=True)",
                    torch=f"DataLoader(..., num_workers={loader.num_workers}, persistent_workers=True)")
     return WORKERS_RESTART.make(
         ctx.phase,
-        f"The loader's {loader.num_workers} workers start again every epoch: {startup:.2f} s of start-up before "
-        f"each epoch's first batch ({share:.0%} of a {epoch_s:.1f} s epoch), {restarts} more time(s) in this fit.",
+        text + f" ({share:.0%} of a {epoch_s:.1f} s epoch), {restarts} more time(s) "
+                                       f"in this fit.",
         fix,
-        evidence={"num_workers": loader.num_workers, "persistent_workers": False,
-                  "first_batch_wait_s": [round(w, 4) for w in ctx.epoch_first_waits],
+        evidence={"loader": which, "num_workers": loader.num_workers, "persistent_workers": False,
+                  "first_batch_wait_s": [round(w, 4) for w in first_waits],
                   "steady_wait_ms": round(steady * 1e3, 3), "startup_s_per_epoch": round(startup, 4),
                   "epoch_s_estimate": round(epoch_s, 3), "startup_share_of_epoch": round(share, 4),
-                  "epochs": epochs, "batches_per_epoch": batches, "restarts_to_come": restarts,
-                  "seconds_saved_estimate": round(startup * restarts, 3)},
+                  "epochs": ctx.epochs, "batches_per_epoch": ctx.batches_per_epoch, "restarts_to_come": restarts,
+                  "seconds_saved_estimate": round(saved, 3)},
         impact=epoch_s / (epoch_s - startup))
