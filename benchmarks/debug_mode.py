@@ -12,7 +12,7 @@ For each model, in one process:
 
 Acceptance: reported within +/-25% of real. Run::
 
-    python benchmarks/debug_mode.py [--steps 40] [--warmup 10]
+    python benchmarks/debug_mode.py [--steps 40] [--warmup 10] [--runs 5]
 """
 
 from __future__ import annotations
@@ -104,19 +104,14 @@ def real(make: Callable[[], nn.Module], x: torch.Tensor, y: torch.Tensor, steps:
     return {"step_on_ms": on * 1e3, "step_off_ms": off * 1e3, "slowdown": on / off, "steps": steps}
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=40, help="interleaved real steps per mode")
-    parser.add_argument("--warmup", type=int, default=10, help="advisor warm-up steps")
-    parser.add_argument("--out", default=str(RESULTS))
-    args = parser.parse_args(argv)
+def one_run(steps: int, warmup: int) -> dict[str, Any]:
     rows = []
     for name, (make, inputs) in MODELS.items():
         g = torch.Generator().manual_seed(0)
         x = inputs(g)
         y = torch.randint(0, 10, (x.shape[0],), generator=g)
-        rep = reported(make, x, y, args.warmup)
-        act = real(make, x, y, args.steps)
+        rep = reported(make, x, y, warmup)
+        act = real(make, x, y, steps)
         est = rep["estimated_step_slowdown"]
         error = None if est is None else est / act["slowdown"] - 1.0
         rows.append({"model": name, "reported": rep, "real": act, "relative_error": error,
@@ -124,9 +119,56 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"{name}: reported {est if est is None else f'{est:.2f}x'} | real {act['slowdown']:.2f}x "
               f"({act['step_on_ms']:.2f} vs {act['step_off_ms']:.2f} ms) | error "
               f"{'n/a' if error is None else f'{error:+.1%}'}", flush=True)
-    result = {"benchmark": "debug_mode", "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "cpu": platform.processor() or platform.machine(), "load_avg_after": os.getloadavg(),
-              "rows": rows, "argv": argv if argv is not None else []}
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": platform.processor() or platform.machine(), "load_avg_after": os.getloadavg(), "rows": rows}
+
+
+def ratio_scaled_error(row: dict[str, Any]) -> float | None:
+    """The error the previous rule would have made on the same run: a probe slower than the step scaled by
+    its on/off ratio (``saved = min(with, step) * (1 - without / with)``) instead of keeping its time without."""
+    evidence, probe = row["reported"]["evidence"], row["reported"]["probe"]
+    if not evidence or "step_ms" not in evidence or not probe.get("with_s"):
+        return None
+    step, with_s, without_s = evidence["step_ms"] / 1e3, probe["with_s"], probe["without_s"]
+    saved = min(with_s, step) * (1.0 - without_s / with_s)
+    return step / max(step - saved, 1e-12) / row["real"]["slowdown"] - 1.0
+
+
+def _errors(errors: list[float | None]) -> dict[str, Any]:
+    known = [e for e in errors if e is not None]
+    return {"errors": errors, "median_abs_error": statistics.median(abs(e) for e in known) if known else None,
+            "within_25pct": sum(abs(e) <= 0.25 for e in known), "runs": len(errors)}
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per model: every run's error, the median absolute error and how many runs were within +/-25%; the
+    same for the previous rule, recomputed from the same probes and steps."""
+    out = {}
+    for name in MODELS:
+        rows = [row for run in runs for row in run["rows"] if row["model"] == name]
+        out[name] = {**_errors([row["relative_error"] for row in rows]),
+                     "previous_rule": _errors([ratio_scaled_error(row) for row in rows])}
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=40, help="interleaved real steps per mode")
+    parser.add_argument("--warmup", type=int, default=10, help="advisor warm-up steps")
+    parser.add_argument("--runs", type=int, default=1, help="runs in a row (each: every model, reported and real)")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    runs = []
+    for index in range(args.runs):
+        print(f"-- run {index + 1} of {args.runs}", flush=True)
+        runs.append(one_run(args.steps, args.warmup))
+    result = {"benchmark": "debug_mode", "argv": argv if argv is not None else [], "runs": runs,
+              "summary": summary(runs)}
+    for name, row in result["summary"].items():
+        errors = ", ".join("n/a" if e is None else f"{e:+.0%}" for e in row["errors"])
+        before = row["previous_rule"]
+        print(f"{name}: errors {errors}; within +/-25% in {row['within_25pct']} of {row['runs']} "
+              f"(previous rule, same runs: {before['within_25pct']} of {before['runs']})")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2, default=str))
     return result

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from perfcallbacks import Advisor, DeviceProfile
-from perfcallbacks.checks.debug import debug_mode_on
+from perfcallbacks.checks.debug import debug_mode_on, step_time_saved
 from perfcallbacks.context import RunContext
 
 pl = pytest.importorskip("lightning.pytorch")
@@ -43,10 +43,9 @@ def test_lightning_detect_anomaly_fires_with_measured_cost(probe_budget):
     measured = ctx.debug.measured
     assert measured["modes"] == ["anomaly"] and measured["with_s"] > 0 and measured["without_s"] > 0
     assert ctx.probe_input is None and not torch.is_anomaly_enabled()  # input dropped; Lightning restored it
-    # The check's rule: the saved forward+backward, at most the whole step (a probe slower than the step is
-    # scaled by its on/off ratio instead of subtracted).
+    # The check's rule (step_time_saved, its own unit test below): the saved forward+backward, at most the step.
     step, with_s, without_s = ctx.median_step_s, measured["with_s"], measured["without_s"]
-    share = min(with_s, step) * (1.0 - without_s / with_s) / step
+    share = step_time_saved(step, with_s, without_s) / step
     hint = report.hint("debug-mode-on")
     if share < 0.05:  # the check's own threshold (a load spike on this shared machine can inflate the step)
         assert hint is None
@@ -137,6 +136,22 @@ def test_deterministic_measured_cheap_stays_quiet():
     assert hint.evidence["extra_ms_per_step"] == pytest.approx(4.0)
     assert hint.evidence["estimated_step_slowdown"] == pytest.approx(10 / 6, rel=1e-3)
     assert "use_deterministic_algorithms(False)" in hint.fix
+
+
+def test_a_probe_slower_than_the_step_counts_as_the_step():
+    # A plain loop's forward is shallower than the probe's, where anomaly detection costs more: 6 ms with the
+    # mode against a 4 ms step. The time without it (1 ms) does not depend on the depth and is kept as measured:
+    # 4 ms / 1 ms, not the probe's own 6x ratio.
+    ctx = _ctx()
+    ctx.step_times = [0.004] * 6
+    ctx.debug.anomaly = True
+    ctx.debug.measured = {"modes": ["anomaly"], "with_s": 0.006, "without_s": 0.001}
+    ev = debug_mode_on(ctx).evidence
+    assert ev["estimated_step_slowdown"] == pytest.approx(4.0) and ev["cost_share_of_step"] == pytest.approx(0.75)
+    # The step ran faster than the probe without the mode (the machine was busier during the probe): only the
+    # probe's own ratio is comparable, 6 / 4.5 ms.
+    ctx.debug.measured = {"modes": ["anomaly"], "with_s": 0.006, "without_s": 0.0045}
+    assert debug_mode_on(ctx).evidence["estimated_step_slowdown"] == pytest.approx(6 / 4.5, rel=1e-3)
 
 
 def test_active_torch_profiler_is_seen():
