@@ -349,7 +349,9 @@ class RunContext:
     compile: CompileFacts | None = None
     layout: LayoutFacts | None = None
     attention: AttentionFacts | None = None
-    batches_per_epoch: int | None = None  # training batches in one epoch, when the loader has a length
+    # Timed training steps in one epoch, when the loader has a length: a Lightning batch, an HF optimizer step
+    # (gradient_accumulation_steps batches): what step_times are the times of.
+    batches_per_epoch: int | None = None
     epochs: int | None = None  # epochs the fit will run (from max_epochs / max_steps), when known
     probe_input: ProbeInput | None = None
 

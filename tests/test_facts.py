@@ -107,6 +107,9 @@ def test_hf_run_facts_full_determinism_compile_and_epochs():
     assert "deterministic" in ctx.debug.sources and "launch_blocking" in ctx.debug.sources
     assert ctx.compile.compiled and ctx.epochs == 3 and ctx.batches_per_epoch == 4
     assert ctx.ddp is None  # single process
+    args.gradient_accumulation_steps = 3  # the step hooks then time optimizer steps of 3 batches each
+    hf_run_facts(args, nn.Linear(2, 2), ctx, train_dataloader=[1, 2, 3, 4])
+    assert ctx.batches_per_epoch == 2
 
 
 def test_probe_skipped_with_its_numbers_when_over_budget():

@@ -127,7 +127,11 @@ def hf_run_facts(args: Any, model: Any, ctx: RunContext, *, state: Any = None, t
     except TypeError:
         batches = None
     if batches:
-        ctx.batches_per_epoch = int(batches)
+        # What the step hooks time: HF calls on_step_begin / on_step_end once per optimizer step, around
+        # gradient_accumulation_steps batches (a 4-step accumulation counted as 4x the steps gave the probes a
+        # budget of 20% of the fit instead of 5%).
+        accumulate = max(1, int(getattr(args, "gradient_accumulation_steps", 1) or 1))
+        ctx.batches_per_epoch = math.ceil(int(batches) / accumulate)
     epochs = getattr(state, "num_train_epochs", None)
     if not isinstance(epochs, int) or epochs <= 0:
         value = getattr(args, "num_train_epochs", None)

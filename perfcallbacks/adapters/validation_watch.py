@@ -133,12 +133,13 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def hf_validation_schedule(args: Any, state: Any, train_batches: int | None) -> tuple[float | None, int | None]:
+def hf_validation_schedule(args: Any, state: Any, steps_per_epoch: int | None) -> tuple[float | None, int | None]:
     """(evaluations per training epoch, evaluations in the whole ``train()``) from HF ``TrainingArguments``.
 
     ``eval_strategy`` (``evaluation_strategy`` in older 4.x) ``"epoch"``: one per epoch; ``"steps"``: one
     every ``eval_steps`` optimizer steps (``logging_steps`` when unset, a float below 1 is a share of
-    ``max_steps``). ``None`` where a length is unknown or evaluation is off.
+    ``max_steps``); ``steps_per_epoch`` counts optimizer steps. ``None`` where a length is unknown or
+    evaluation is off.
     """
     strategy = getattr(args, "eval_strategy", None) or getattr(args, "evaluation_strategy", None)
     strategy = str(getattr(strategy, "value", strategy))
@@ -156,6 +157,5 @@ def hf_validation_schedule(args: Any, state: Any, train_batches: int | None) -> 
         if max_steps is None:
             return None, None
         every = math.ceil(max_steps * every)
-    accumulate = max(1, int(getattr(args, "gradient_accumulation_steps", 1) or 1))
-    per_epoch = math.ceil(train_batches / accumulate) / every if train_batches else None
+    per_epoch = steps_per_epoch / every if steps_per_epoch else None
     return per_epoch, int(max_steps // every) if max_steps else None
