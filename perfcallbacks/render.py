@@ -191,7 +191,7 @@ def render_plain(report: Report, width: int | None = None) -> str:
     for hint in hints:
         mark = {"critical": "!!", "warning": "! ", "info": "i "}.get(hint.severity, "  ")
         head = f"{mark} [{hint_label(hint, report)}] {hint.message}"
-        if hint.impact is not None:
+        if hint.impact is not None and f"{hint.impact:.2f}x" not in hint.message:  # said once, not twice
             head += f" (estimated {fmt_impact(hint.impact)})"
         out.extend(textwrap.wrap(head, width, subsequent_indent="     ", break_long_words=False,
                                  break_on_hyphens=False))

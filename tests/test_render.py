@@ -86,3 +86,12 @@ def test_markdown_has_code_blocks_and_escapes_pipes():
     report.hints[0].message = "a | b"
     text = render_markdown(report)
     assert "a \\| b" in text and f"```python\n{CODE}\n```" in text
+
+
+def test_a_gain_the_message_already_states_is_not_repeated():
+    said = REGISTRY["int8-available"].make("inference", "int8 dynamic quantization is 1.42x faster (estimated).",
+                                           "auto_apply=True", impact=1.42)
+    unsaid = REGISTRY["batch-size-small"].make("warmup", "small batch", "bigger", impact=1.2)
+    text = render_plain(Report(framework="torch", hints=[said, unsaid]), width=200)
+    assert "1.42x faster (estimated). (estimated" not in text and text.count("1.42x") == 1
+    assert "small batch (estimated ~1.20x)" in text
