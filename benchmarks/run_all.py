@@ -16,7 +16,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ("callback_int8", "padding", "impacts", "quantization", "int8_backends", "overhead_lightning",
-              "overhead_hf", "debug_mode", "cnn_fixes")
+              "overhead_hf", "debug_mode", "cnn_fixes", "workers_restart")
 
 
 def main(argv: list[str]) -> int:
