@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -33,7 +34,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from perfcallbacks import PerfHintCallback
 from perfcallbacks.hints import PerfHintWarning
 
-RESULTS = Path(__file__).parent / "results" / "workers_restart.json"
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "workers_restart.json"
+sys.path.insert(0, str(HERE / "gpu"))
+from lit_models import LitClassifier  # noqa: E402  (the GPU suite's module: any net, (x, y) batches)
 
 
 class SlowStart:
@@ -44,27 +48,6 @@ class SlowStart:
 
     def __call__(self, worker_id: int) -> None:
         time.sleep(self.seconds)
-
-
-class Classifier(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 4))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        return nn.functional.cross_entropy(self(x), y)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        x, y = batch
-        self.log("val_loss", nn.functional.cross_entropy(self(x), y))
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
 def loader(n: int, persistent: bool, startup: float, seed: int) -> DataLoader:
@@ -78,10 +61,12 @@ def fit(persistent: bool, startup: float, epochs: int, callback: PerfHintCallbac
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
                          callbacks=[callback] if callback else [])
+    torch.manual_seed(0)
+    model = LitClassifier(nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 4)))
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PerfHintWarning)
-        trainer.fit(Classifier(), loader(640, persistent, startup, 0), loader(160, persistent, startup, 1))
+        trainer.fit(model, loader(640, persistent, startup, 0), loader(160, persistent, startup, 1))
     return time.perf_counter() - start
 
 

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from perfcallbacks.context import (
-    BatchStats,
     InferenceInfo,
     LoaderInfo,
     RunContext,
@@ -25,7 +24,7 @@ from perfcallbacks.context import (
     dominant_param_dtype,
     model_device_kind,
 )
-from perfcallbacks.device import DeviceProfile, resolve_target
+from perfcallbacks.device import DeviceProfile
 from perfcallbacks.facts import capture_process_facts
 from perfcallbacks.hints import SEVERITIES, Hint, PerfHintError, emit_hint_warning
 from perfcallbacks.options import Options

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 from pathlib import Path
 
 import pytest
-import torch
 from torch import nn
 
-from perfcallbacks import Advisor, Report
 from perfcallbacks.adapters import common
-from perfcallbacks.hints import REGISTRY
 from perfcallbacks.report import FixResult
 
 

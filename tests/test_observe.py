@@ -6,7 +6,6 @@ from collections import namedtuple
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from perfcallbacks.observe import StepTimer, batch_stats, iter_tensors
 

@@ -60,7 +60,6 @@ from perfcallbacks.hints import user_code_location  # noqa: E402
 from perfcallbacks.measure import device_synchronizer  # noqa: E402
 from perfcallbacks.options import Options, enabled_by_env  # noqa: E402
 from perfcallbacks.device import DeviceProfile  # noqa: E402
-from perfcallbacks.report import FixResult  # noqa: E402
 
 log = logging.getLogger("perfcallbacks")
 

@@ -184,7 +184,7 @@ def _train_restart(ctx: RunContext) -> Hint | None:
     loader = ctx.loader
     if not _restarting(loader) or not ctx.epoch_first_waits:
         return None
-    epochs, batches = ctx.epochs, ctx.batches_per_epoch
+    epochs = ctx.epochs
     steps_s = _train_epoch_s(ctx)
     if not epochs or epochs < 2 or steps_s is None:
         return None  # one epoch starts its workers once: nothing is re-created
