@@ -20,7 +20,7 @@ from perfcallbacks.context import DDPFacts, RunContext
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from perfcallbacks import PerfHintCallback  # noqa: E402
+from _ranks import RankRecorder  # noqa: E402
 
 WARMUP = 4
 
@@ -47,20 +47,13 @@ class TwoHeads(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-class RankFacts(PerfHintCallback):
-    def __init__(self, out_dir: str, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.out_dir = out_dir
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        super().on_train_end(trainer, pl_module)
+class RankFacts(RankRecorder):
+    def record(self, trainer) -> dict:
         adv = self.advisor
         hint = adv.report.hint("ddp-find-unused")
-        record = {"rank": trainer.global_rank, "hint": hint.to_dict() if hint else None,
-                  "ddp": vars(adv.context.ddp) if adv.context.ddp else None,
-                  "grad_steps": adv.context.gradients.steps, "missing": adv.context.gradients.missing,
-                  "warned": sorted(adv.warned)}
-        Path(self.out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+        return {"hint": hint.to_dict() if hint else None, "ddp": vars(adv.context.ddp) if adv.context.ddp else None,
+                "grad_steps": adv.context.gradients.steps, "missing": adv.context.gradients.missing,
+                "warned": sorted(adv.warned)}
 
 
 def _loader():

@@ -16,7 +16,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 pl = pytest.importorskip("lightning.pytorch")
 
-from perfcallbacks import DeviceProfile, PerfHintCallback, Report  # noqa: E402
+from _ranks import RankRecorder  # noqa: E402
+from perfcallbacks import DeviceProfile, Report  # noqa: E402
 
 WARMUP = 4
 
@@ -37,21 +38,12 @@ class TinyModule(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-class RankRecorder(PerfHintCallback):
-    """Writes, per rank, what the callback saw: the parent cannot see into spawned children."""
-
-    def __init__(self, out_dir: str, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.out_dir = out_dir
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        super().on_train_end(trainer, pl_module)
+class StageRecorder(RankRecorder):
+    def record(self, trainer) -> dict:
         adv = self.advisor
-        record = {"rank": trainer.global_rank, "report_written": str(self.report_written or ""),
-                  "step_times": len(adv.context.step_times), "world_size": adv.context.world_size,
-                  "local_world_size": adv.context.local_world_size, "strategy": adv.context.strategy,
-                  "warned": sorted(adv.warned), "is_rank_zero": adv.is_rank_zero}
-        Path(self.out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+        return {"report_written": str(self.report_written or ""), "step_times": len(adv.context.step_times),
+                "world_size": adv.context.world_size, "local_world_size": adv.context.local_world_size,
+                "strategy": adv.context.strategy, "warned": sorted(adv.warned), "is_rank_zero": adv.is_rank_zero}
 
 
 def _loader() -> DataLoader:
@@ -81,7 +73,7 @@ def test_ddp_spawn_two_cpu_ranks(tmp_path, capfd):
     out_dir.mkdir()
     report = tmp_path / "perf_hints.json"
     local = DeviceProfile.preset("cpu-avx2").replace(physical_cores=2, logical_cores=2)
-    cb = RankRecorder(str(out_dir), target="a100", warmup_steps=WARMUP, verbose=False, report_path=str(report),
+    cb = StageRecorder(str(out_dir), target="a100", warmup_steps=WARMUP, verbose=False, report_path=str(report),
                       local=local)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=8, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -98,10 +90,10 @@ import sys
 sys.path.insert(0, {tests_dir!r})
 import lightning.pytorch as pl
 from perfcallbacks import DeviceProfile
-from test_lightning_ddp import RankRecorder, TinyModule, _loader, WARMUP
+from test_lightning_ddp import StageRecorder, TinyModule, _loader, WARMUP
 
 local = DeviceProfile.preset("cpu-avx2").replace(physical_cores=2, logical_cores=2)
-cb = RankRecorder({out_dir!r}, target="a100", warmup_steps=WARMUP, verbose=False, report_path={report!r},
+cb = StageRecorder({out_dir!r}, target="a100", warmup_steps=WARMUP, verbose=False, report_path={report!r},
                   local=local)
 trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_steps=8, logger=False,
                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

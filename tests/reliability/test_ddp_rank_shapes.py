@@ -10,7 +10,6 @@ hint id.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 pl = pytest.importorskip("lightning.pytorch")
 
 from _odd import load_report, tmp_leftovers  # noqa: E402
-from perfcallbacks import DeviceProfile, PerfHintCallback  # noqa: E402
+from _ranks import RankRecorder  # noqa: E402
+from perfcallbacks import DeviceProfile  # noqa: E402
 
 # Rank 0 pads to 8 tokens, rank 1 to 13: aligned vs unaligned on an A100.
 LENGTHS = {0: 8, 1: 13}
@@ -63,20 +63,14 @@ class TokenModule(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-class RankShapes(PerfHintCallback):
-    """Records, per rank, the shapes the advisor saw (spawned children cannot be inspected)."""
+class RankShapes(RankRecorder):
+    """Records, per rank, the shapes the advisor saw."""
 
-    def __init__(self, out_dir: str, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.out_dir = out_dir
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        super().on_train_end(trainer, pl_module)
+    def record(self, trainer) -> dict:
         adv = self.advisor
-        record = {"rank": trainer.global_rank, "seq_lens": sorted({b.seq_len for b in adv.context.batches}),
-                  "hints": sorted(adv.hints), "written": str(self.report_written or ""),
-                  "step_times": len(adv.context.step_times), "failures": adv.check_failures}
-        Path(self.out_dir, f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+        return {"seq_lens": sorted({b.seq_len for b in adv.context.batches}), "hints": sorted(adv.hints),
+                "written": str(self.report_written or ""), "step_times": len(adv.context.step_times),
+                "failures": adv.check_failures}
 
 
 @pytest.mark.slow
