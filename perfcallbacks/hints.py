@@ -354,7 +354,8 @@ def format_hint_warning(hint: Hint) -> str:
     entry = REGISTRY.get(hint.id)
     # Line 1 is short: it shares the terminal line with "file.py:LINE: PerfHintWarning: ".
     lines = [f"[{hint.id}] {entry.title}" if entry is not None and entry.title else f"[{hint.id}]"]
-    body = hint.message + ("" if hint.impact is None else f" (estimated {hint.impact:.2f}x)")
+    said = hint.impact is None or f"{hint.impact:.2f}x" in hint.message  # a gain the message states: once
+    body = hint.message + ("" if said else f" (estimated {hint.impact:.2f}x)")
     wrap = {"width": width, "break_long_words": False, "break_on_hyphens": False}
     lines += textwrap.wrap(body, initial_indent="  ", subsequent_indent="  ", **wrap)
     if entry is not None and entry.why:

@@ -95,3 +95,13 @@ def test_a_gain_the_message_already_states_is_not_repeated():
     text = render_plain(Report(framework="torch", hints=[said, unsaid]), width=200)
     assert "1.42x faster (estimated). (estimated" not in text and text.count("1.42x") == 1
     assert "small batch (estimated ~1.20x)" in text
+
+
+def test_the_warning_states_a_gain_once_too():
+    from perfcallbacks.hints import format_hint_warning
+
+    said = REGISTRY["padding-waste"].make("warmup", "32% padding; grouping is predicted 1.35x faster.", "fix",
+                                          impact=1.35)
+    assert format_hint_warning(said).count("1.35x") == 1
+    unsaid = REGISTRY["padding-waste"].make("warmup", "32% padding.", "fix", impact=1.35)
+    assert "32% padding. (estimated 1.35x)" in format_hint_warning(unsaid)

@@ -276,7 +276,7 @@ def padding_waste(ctx: RunContext) -> Hint | None:
         ctx.phase,
         f"{fraction:.0%} of the tokens in {len(batches)} observed batches are padding; "
         f"length-grouped dynamic padding would leave {max(0.0, grouped_share):.0%} and is predicted "
-        f"{impact:.1f}x faster (cost model: {model_note}).",
+        f"{impact:.2f}x faster (cost model: {model_note}).",
         fix,
         evidence={"pad_fraction": round(fraction, 4), "batches_seen": len(batches),
                   "padded_len_max": max(b.seq_len or 0 for b in batches),
@@ -316,7 +316,7 @@ def static_padding(ctx: RunContext) -> Hint | None:
         ctx.phase,
         f"All {len(batches)} observed batches are padded to {fixed_len} tokens, but their longest rows average "
         f"{sum(longest) / len(longest):.0f} tokens: padding each batch to its own longest row is predicted "
-        f"{impact:.1f}x faster.",
+        f"{impact:.2f}x faster.",
         fix,
         evidence={"padded_len": fixed_len, "batches_seen": len(batches),
                   "batch_longest_mean": round(sum(longest) / len(longest), 1), "batch_longest_max": max(longest),
