@@ -121,7 +121,7 @@ def test_validation_workers_restarting_every_run_fire_with_measured_startup():
 
 
 def test_validation_every_other_epoch_counts_the_runs_to_come():
-    report, cb = _val_fit(False, epochs=6, check_val_every_n_epoch=2)
+    report, _ = _val_fit(False, epochs=6, check_val_every_n_epoch=2)
     hint = _val_hint(report)
     assert hint is not None
     assert hint.evidence["validation_runs_per_epoch"] == 0.5 and hint.evidence["restarts_to_come"] == 2

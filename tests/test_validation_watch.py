@@ -9,7 +9,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from perfcallbacks.adapters.validation_watch import (
-    ValidationWatch, first_loader, hf_validation_schedule, lightning_validation_schedule)
+    ValidationWatch,
+    first_loader,
+    hf_validation_schedule,
+    lightning_validation_schedule,
+)
 from perfcallbacks.context import LoaderInfo
 
 
