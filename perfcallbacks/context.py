@@ -135,7 +135,8 @@ class ValidationLoaderTiming:
     iterator, and so its workers, start in between); ``steady_waits``: one validation batch's end to
     the next one's start; ``batch_times``: one validation batch's step. ``runs_per_epoch`` counts the
     validation runs a training epoch triggers (``0.5`` for every other epoch); ``runs_total`` those of
-    the whole fit, when the fit's length is known.
+    the whole fit, when the fit's length is known. The timing is of the fit's first validation run:
+    the restarts to come are ``runs_total - 1``.
     """
 
     loader: LoaderInfo | None = None
@@ -145,7 +146,6 @@ class ValidationLoaderTiming:
     batches_per_run: int | None = None
     runs_per_epoch: float | None = None
     runs_total: int | None = None
-    runs_seen: int = 1
 
 
 @dataclass

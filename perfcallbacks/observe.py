@@ -141,6 +141,11 @@ class StepTimer:
             self.data_wait_times.append(max(0.0, now - self._last_end))
         self._start = now
 
+    @property
+    def in_step(self) -> bool:
+        """True between :meth:`start` and :meth:`end`."""
+        return self._start is not None
+
     def mark_epoch_start(self, now: float | None = None) -> None:
         """An epoch begins: the wait for its first batch is recorded apart (worker start-up), not as data wait."""
         self._last_end = None

@@ -80,7 +80,7 @@ class ValidationWatch:
             self._timer.start(now)  # type: ignore[union-attr]
 
     def batch_end(self, now: float | None = None) -> None:
-        if self._timer is not None and self._timer._start is not None:
+        if self._timer is not None and self._timer.in_step:
             self._timer.end(now)
 
     def timing(self, loader: LoaderInfo | None, *, batches_per_run: int | None, runs_per_epoch: float | None,

@@ -200,7 +200,7 @@ def _validation_restart(ctx: RunContext) -> Hint | None:
     timing = ctx.validation
     if timing is None or not _restarting(timing.loader) or not timing.first_waits or not timing.batches_per_run:
         return None
-    if not timing.runs_per_epoch or timing.runs_total is None or timing.runs_total <= timing.runs_seen:
+    if not timing.runs_per_epoch or timing.runs_total is None or timing.runs_total <= 1:
         return None  # no validation left in this fit: no restart to save
     train_s = _train_epoch_s(ctx)
     if train_s is None:
@@ -213,7 +213,7 @@ def _validation_restart(ctx: RunContext) -> Hint | None:
     runs = timing.runs_per_epoch
     every = "every validation run" if runs >= 1 else f"each validation (every {round(1 / runs)} epochs)"
     hint = _restart_hint(ctx, loader, "val", startup * runs, steady, timing.first_waits,
-                         epoch_s=train_s + runs * run_s, restarts=timing.runs_total - timing.runs_seen,
+                         epoch_s=train_s + runs * run_s, restarts=timing.runs_total - 1,
                          saved_per_restart=startup,
                          text=f"The validation loader's {_workers(loader)} start again at {every}: "
                               f"{startup:.2f} s of start-up before its first batch")
