@@ -607,18 +607,24 @@ class HFPerfHints(TrainerCallback, ExportableState):
                 info.collate_fn = ctx.settings["collator"]
 
     # -- warm-up -------------------------------------------------------------------------------
-    @_safe
+    # Every-step events: after the warm-up they read two attributes and return, with no wrapper or meter.
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self._quiet or self._advisor is None:
-            return
-        self._advisor.step_begin()
+        if not self._quiet and self._advisor is not None:
+            self._observe_step_begin(args, state, control, **kwargs)
 
     @_safe
+    def _observe_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._advisor.step_begin()  # type: ignore[union-attr]
+
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._val_watch.waiting and self._in_train:  # until the first evaluation: one clock read per step
             self._val_watch.train_step_ended()
-        if self._quiet or self._advisor is None:
-            return
+        if not self._quiet and self._advisor is not None:
+            self._observe_step_end(args, state, control, **kwargs)
+
+    @_safe
+    def _observe_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        assert self._advisor is not None  # checked by on_step_end
         self._advisor.step_end()
         if self._advisor.warmup_done:
             self._quiet = True
@@ -677,10 +683,13 @@ class HFPerfHints(TrainerCallback, ExportableState):
         if self._advisor is not None and not self._quiet:
             self._advisor.timer.mark_epoch_start()  # kept apart from data wait (worker start-up)
 
-    @_safe
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._advisor is not None and not self._quiet and self._model is not None:
-            observe_gradients(self._model, self._advisor.context)
+            self._observe_gradients(args, state, control, **kwargs)
+
+    @_safe
+    def _observe_gradients(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        observe_gradients(self._model, self._advisor.context)  # type: ignore[union-attr]
 
     @_safe
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

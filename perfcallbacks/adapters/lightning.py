@@ -267,9 +267,13 @@ class PerfHintCallback(Callback):
         if self._observing and self._advisor is not None:
             self._advisor.timer.mark_epoch_start()  # an epoch boundary is not data wait (kept apart)
 
-    @safe_hook
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
-        if self._observing and self._advisor is not None:
+        if self._observing:  # after warm-up: one bool check, nothing else (every optimizer step)
+            self._observe_gradients(pl_module)
+
+    @safe_hook
+    def _observe_gradients(self, pl_module: pl.LightningModule) -> None:
+        if self._advisor is not None:
             observe_gradients(pl_module, self._advisor.context)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
