@@ -333,6 +333,11 @@ def _stacklevel_leaving_library() -> int:
     return level if frame is not None else 2
 
 
+def gain_is_stated(hint: Hint) -> bool:
+    """True when the hint has no gain or its message already gives it (``1.35x``): then it is said once."""
+    return hint.impact is None or f"{hint.impact:.2f}x" in hint.message
+
+
 def format_hint_warning(hint: Hint) -> str:
     """The warning text: evidence -> why -> fix -> how to silence this one -> where to read more.
 
@@ -354,8 +359,7 @@ def format_hint_warning(hint: Hint) -> str:
     entry = REGISTRY.get(hint.id)
     # Line 1 is short: it shares the terminal line with "file.py:LINE: PerfHintWarning: ".
     lines = [f"[{hint.id}] {entry.title}" if entry is not None and entry.title else f"[{hint.id}]"]
-    said = hint.impact is None or f"{hint.impact:.2f}x" in hint.message  # a gain the message states: once
-    body = hint.message + ("" if said else f" (estimated {hint.impact:.2f}x)")
+    body = hint.message + ("" if gain_is_stated(hint) else f" (estimated {hint.impact:.2f}x)")
     wrap = {"width": width, "break_long_words": False, "break_on_hyphens": False}
     lines += textwrap.wrap(body, initial_indent="  ", subsequent_indent="  ", **wrap)
     if entry is not None and entry.why:

@@ -185,13 +185,15 @@ def paste_blocks(report: Report, hints: list[Hint]) -> list[tuple[str, list[str]
 
 # -- plain text ---------------------------------------------------------------------------------------
 def render_plain(report: Report, width: int | None = None) -> str:
+    from perfcallbacks.hints import gain_is_stated
+
     width = width or terminal_width()
     hints = sort_hints(report.open_hints)
     out = [header_line(report), title_line(report, hints)]
     for hint in hints:
         mark = {"critical": "!!", "warning": "! ", "info": "i "}.get(hint.severity, "  ")
         head = f"{mark} [{hint_label(hint, report)}] {hint.message}"
-        if hint.impact is not None and f"{hint.impact:.2f}x" not in hint.message:  # said once, not twice
+        if not gain_is_stated(hint):
             head += f" (estimated {fmt_impact(hint.impact)})"
         out.extend(textwrap.wrap(head, width, subsequent_indent="     ", break_long_words=False,
                                  break_on_hyphens=False))
